@@ -1,0 +1,3 @@
+from vaerun.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""`vaerun train|eval|report`: one command line for the whole flow.
+
+`train` is a Hydra app (configs in the package, pkg://vaerun.conf). Before Hydra starts, every
+job of the command (each point of a sweep) is composed and validated, so a typo or a bad value
+stops with one `error:` line and exit status 2 before any training.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+USAGE = """usage: vaerun <command> [key=value ...]
+
+commands:
+  train    train a VAE (a Hydra app: `vaerun train --help` lists the config groups)
+             vaerun train likelihood=gaussian likelihood.sigma=0.1
+             vaerun train -m likelihood=gaussian likelihood.sigma=0.05,0.1,0.3,1
+  eval     evaluate a finished run (IWAE log-likelihood, bits/dim, active units, pictures)
+             vaerun eval run_dir=outputs/... eval.iwae_k=5000
+  report   tables and plots over a sweep
+             vaerun report sweep_dir=outputs/multirun/...
+
+Compare runs with: tensorboard --logdir outputs
+"""
+
+CONFIG_MODULE = "vaerun.conf"
+EXIT_CODES: list[int] = []  # exit status of each job run in this process
+
+
+def error(msg: str, code: int = 2) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type",
+                                                     "Set the environment variable"))]
+    return " ".join(lines) if lines else type(e).__name__
+
+
+def job_overrides(args: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of each job the command would run (one for a single run)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    if not multirun:
+        return [args]
+    batches = BasicSweeper.split_arguments(parsed, None)
+    return [job for batch in batches for job in batch]
+
+
+def validate(args: list[str], multirun: bool) -> None:
+    """Compose and check every job's config; raise UserError on the first bad one."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vaerun.config import typed
+    from vaerun.errors import UserError
+
+    try:
+        jobs = job_overrides(args, multirun)
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            for job in jobs:
+                typed(compose("train", overrides=job))
+    except (HydraException, OmegaConfBaseException) as e:
+        msg = _one_line(e)
+        if "Ambiguous value" in msg or "multirun" in msg.lower():
+            msg += " (sweeps need -m: vaerun train -m ...)"
+        raise UserError(msg) from None
+
+
+def _train_task(cfg) -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    from vaerun.config import typed
+    from vaerun.errors import Interrupted, NonFiniteError, UserError
+    from vaerun.train import train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log = logging.getLogger("vaerun")
+    try:
+        train(typed(cfg), run_dir)
+        code = 0
+    except (UserError, NonFiniteError) as e:
+        log.error("%s", e)
+        code = error(str(e), e.exit_code)
+    except Interrupted as e:
+        log.warning("interrupted: checkpoint written to %s; continue with trainer.resume=true "
+                    "hydra.run.dir=%s", run_dir, run_dir)
+        EXIT_CODES.append(e.exit_code)
+        raise SystemExit(e.exit_code) from None
+    EXIT_CODES.append(code)
+    return code
+
+
+def train_main(args: list[str]) -> int:
+    import hydra
+
+    from vaerun.errors import UserError
+
+    flags = [a for a in args if a.startswith("-")]
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    if all(f in ("-m", "--multirun") for f in flags):
+        try:
+            validate([a for a in args if not a.startswith("-")], multirun)
+        except UserError as e:
+            return error(str(e))
+    app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train",
+                     version_base="1.3")(_train_task)
+    EXIT_CODES.clear()
+    saved = sys.argv
+    sys.argv = ["vaerun train", *args]
+    try:
+        app()
+    finally:
+        sys.argv = saved
+    return max(EXIT_CODES, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from vaerun import __version__
+
+        print(f"vaerun {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train_main(rest)
+    if command == "eval":
+        from vaerun.evaluate import eval_main
+
+        return eval_main(rest)
+    if command == "report":
+        from vaerun.report import report_main
+
+        return report_main(rest)
+    return error(f"unknown command {command!r}; choose train, eval or report (vaerun --help)")

@@ -1,0 +1,214 @@
+"""Datasets: real image files read into one in-memory tensor on the training device.
+
+Each dataset is a registered class with a `Config` and one yaml under conf/dataset/. Pixels are
+flattened to D values in [0, 1]; a training batch is `dataset.batch(index, generator)`, which adds
+the per-epoch noise (dynamic binarisation, dequantisation) with the run's seeded generator, so
+there is no DataLoader and no per-sample Python.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import hashlib
+import logging
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from vaerun.config import Registered, require_at_least
+from vaerun.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+TEST_NOISE_SEED = 0  # the test set's binarisation/dequantisation noise is fixed across runs
+STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
+
+
+def read_idx(path: Path, sha256: str | None, fix: str) -> np.ndarray:
+    """Read an IDX file (raw or .gz) into a uint8 array, checking the uncompressed SHA-256."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data file {path} is missing; {fix}") from None
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"data file {path} is truncated or corrupt ({e}); {fix}") from None
+    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"data file {path} fails its SHA-256 check (damaged or a different "
+                        f"file); {fix}")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"data file {path} is not a uint8 IDX file; {fix}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"data file {path} holds {data.size} bytes, its header says "
+                        f"{int(np.prod(dims))}; {fix}")
+    return data.reshape(dims)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: str | None = None  # null: the copy bundled in the package
+    n_train: int | None = None  # null: all; else the first N training images
+    n_test: int | None = None
+    download: bool = True  # torchvision's download when files are missing under `root`
+
+    def check(self, key: str) -> None:
+        for k in ("n_train", "n_test"):
+            if getattr(self, k) is not None:
+                require_at_least(f"{key}.{k}", getattr(self, k), 1)
+
+
+class Dataset(Registered):
+    """D pixel values per image in [0, 1], train and test, as float32 tensors on `device`."""
+
+    registry: ClassVar[dict[str, type]] = {}
+    group = "dataset"
+    Config = DataConfig
+    binary: ClassVar[bool] = False  # values are exactly {0, 1}: a Bernoulli is a proper model
+    folder: ClassVar[str]  # torchvision's folder name under `root`
+    bundled: ClassVar[str | None] = None  # folder inside vaerun/bundled holding a copy
+    train_file: ClassVar[str]
+    test_file: ClassVar[str]
+    sha256: ClassVar[dict[str, str]]  # uncompressed SHA-256 of each file
+
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        train = self._load(self.train_file, cfg.n_train, "n_train")
+        test = self._load(self.test_file, cfg.n_test, "n_test")
+        self.image_shape = (1, *train.shape[1:])
+        self.dim = int(np.prod(train.shape[1:]))
+        as_tensor = lambda a: torch.from_numpy(a.reshape(len(a), -1).copy()).to(self.device)  # noqa: E731
+        self.train = self.fixed(as_tensor(train), "train")
+        self.test = self.fixed(as_tensor(test), "test")
+
+    # -- what subclasses change ------------------------------------------------------------
+    def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
+        """uint8 pixels -> the float tensor kept in memory (noise that never changes)."""
+        return pixels.float().div_(255.0)
+
+    def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noise drawn anew for every training batch (identity unless overridden)."""
+        return x
+
+    # -- shared ------------------------------------------------------------------------------
+    def batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.fresh(self.train[index], generator)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _paths(self, base: str) -> tuple[list[Path], str]:
+        if self.cfg.root is None:
+            if self.bundled is None:
+                raise ConfigError(f"{self.group}.root", None,
+                                  f"{self.name} is not bundled: give the folder that holds it")
+            folder = resources.files("vaerun.bundled") / self.bundled
+            fix = "the copy inside the package is damaged: reinstall vaerun"
+            return [Path(str(folder / f"{base}.gz"))], fix
+        root = Path(self.cfg.root).expanduser()
+        raw = root / self.folder / "raw"
+        fix = (f"put the original file at {raw / base} (torchvision's layout) "
+               f"or set {self.group}.root=null to use the bundled copy")
+        return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
+
+    def _download(self) -> None:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, self.folder)
+        log.info("downloading %s into %s with torchvision", self.name, self.cfg.root)
+        try:
+            for train in (True, False):
+                cls(self.cfg.root, train=train, download=True)
+        except Exception as e:  # network or disk errors, reported as one line
+            raise DataError(f"{self.name} is not under {self.cfg.root} and torchvision could not "
+                            f"download it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                            f"; copy the files there or set {self.group}.root=null") from None
+
+    def _load(self, base: str, n: int | None, key: str) -> np.ndarray:
+        candidates, fix = self._paths(base)
+        found = [p for p in candidates if p.exists()]
+        if not found and self.cfg.root is not None and self.cfg.download:
+            self._download()
+            found = [p for p in candidates if p.exists()]
+        path = found[0] if found else candidates[0]
+        images = read_idx(path, self.sha256.get(base), fix)
+        if n is not None and n > len(images):
+            raise ConfigError(f"{self.group}.{key}", n,
+                              f"must be between 1 and {len(images)} (the images in {base})")
+        return images[:n] if n is not None else images
+
+
+class MNIST(Dataset):
+    """MNIST grey values x = k/255 in [0, 1] (or dequantised, x = (k + u)/256, u ~ U(0, 1))."""
+
+    name = "mnist"
+    folder = "MNIST"
+    bundled = "mnist"
+    train_file = "train-images-idx3-ubyte"
+    test_file = "t10k-images-idx3-ubyte"
+    sha256 = {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    }
+
+    @dataclass
+    class Config(DataConfig):
+        name: str = "mnist"
+        # x = (k + u)/256 with fresh u ~ U(0,1) each batch (test: one fixed draw), so a density
+        # on [0, 1]^D gives a likelihood of the 8-bit data comparable with the literature.
+        dequantize: bool = False
+
+    def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
+        if not self.cfg.dequantize:
+            return super().fixed(pixels, split)
+        x = pixels.float()
+        if split == "test":
+            x += torch.rand(x.shape, generator=self.generator(TEST_NOISE_SEED), device=self.device)
+        return x.div_(256.0)
+
+    def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.cfg.dequantize:
+            return x
+        return x + torch.rand(x.shape, generator=generator, device=x.device).div_(256.0)
+
+
+class Binarize(str, enum.Enum):
+    dynamic = "dynamic"  # a fresh Bernoulli(x) sample every time an image is used
+    static = "static"  # one seeded Bernoulli(x) sample, fixed for the whole run
+    threshold = "threshold"  # x > 0.5
+
+
+class MNISTBinary(MNIST):
+    """MNIST binarised to {0, 1}: the data a Bernoulli decoder is a proper likelihood for.
+    The test set is binarised once with a fixed seed (or thresholded) so runs compare."""
+
+    name = "mnist_binary"
+    binary = True
+
+    @dataclass
+    class Config(DataConfig):
+        name: str = "mnist_binary"
+        binarize: Binarize = Binarize.dynamic
+
+    def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
+        grey = pixels.float().div_(255.0)
+        if self.cfg.binarize == Binarize.threshold:
+            return (grey > 0.5).float()
+        if split == "train" and self.cfg.binarize == Binarize.dynamic:
+            return grey
+        seed = STATIC_TRAIN_SEED if split == "train" else TEST_NOISE_SEED
+        return torch.bernoulli(grey, generator=self.generator(seed))
+
+    def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.binarize == Binarize.dynamic:
+            return torch.bernoulli(x, generator=generator)
+        return x

@@ -1,0 +1,239 @@
+"""Decoder likelihoods p(x|z): each maps the decoder's output to a `torch.distributions`
+distribution over the D pixels, whose `log_prob(x)` is log p(x|z) in nats per image.
+
+A new likelihood is one subclass here (a `name`, a `Config`, `forward`) plus one yaml file in
+conf/likelihood/.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli as BernoulliDist,
+)
+from torch.distributions import (
+    ContinuousBernoulli as ContinuousBernoulliDist,
+)
+from torch.distributions import (
+    Distribution,
+    Independent,
+    Normal,
+)
+from torch.distributions import (
+    Laplace as LaplaceDist,
+)
+
+from vaerun.config import Registered, require, require_positive
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def pixels(base: Distribution) -> Distribution:
+    """Treat the last axis (the D pixels) as one event: log_prob sums over pixels."""
+    return Independent(base, 1, validate_args=False)
+
+
+@dataclass
+class LikelihoodConfig:
+    name: str = ""
+
+
+class Likelihood(Registered, nn.Module):
+    """p(x|z) from the decoder output `out` of shape [B, params_per_pixel * D]."""
+
+    registry: ClassVar[dict[str, type]] = {}
+    group = "likelihood"
+    Config = LikelihoodConfig
+    params_per_pixel: ClassVar[int] = 1
+    binary_only: ClassVar[bool] = False  # a normalised density on {0,1}^D only (not on grey)
+
+    def __init__(self, cfg: LikelihoodConfig, dim: int):
+        nn.Module.__init__(self)
+        self.cfg = cfg
+        self.dim = dim
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        """The distribution p(x|z) for a batch (x is used only by likelihoods fitted to it)."""
+        raise NotImplementedError
+
+    def mean(self, out: Tensor) -> Tensor:
+        """The decoder mean f(z) in [0, 1]: the reconstruction."""
+        return torch.sigmoid(out[..., : self.dim])
+
+    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
+        """Extra per-image terms worth logging (nats per image unless named otherwise)."""
+        return {}
+
+    def reconstruction_loss(self, log_px_z: Tensor) -> Tensor:
+        """What the loss puts in place of −log p(x|z); differs from it only by a constant."""
+        return -log_px_z
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser groups for parameters that need their own learning rate."""
+        return []
+
+
+class Bernoulli(Likelihood):
+    """log p(x|z) = Σ x log μ + (1−x) log(1−μ) = −BCE(μ, x), μ = sigmoid(out). A normalised
+    distribution on binary images only; on grey values it is not a density (see
+    continuous_bernoulli)."""
+
+    name = "bernoulli"
+    binary_only = True
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "bernoulli"
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        return pixels(BernoulliDist(logits=out, validate_args=False))
+
+
+class ContinuousBernoulli(Likelihood):
+    """The Bernoulli made a density on [0, 1] (Loaiza-Ganem & Cunningham 2019):
+    log p = −BCE(λ, x) + log C(λ); `log_norm_term` = Σ log C(λ) is what BCE leaves out."""
+
+    name = "continuous_bernoulli"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "continuous_bernoulli"
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        return pixels(ContinuousBernoulliDist(logits=out, validate_args=False))
+
+    def mean(self, out: Tensor) -> Tensor:
+        return ContinuousBernoulliDist(logits=out, validate_args=False).mean
+
+    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
+        bern = pixels(BernoulliDist(logits=out, validate_args=False)).log_prob(x)
+        return {"log_norm_term": self(out, x).log_prob(x) - bern}
+
+
+class Laplace(Likelihood):
+    """p(x|z) = Laplace(f(z), b): log p = −‖x − f(z)‖₁/b − D·log(2b), the L1 loss as a likelihood."""
+
+    name = "laplace"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "laplace"
+        scale: float = 0.1
+
+        def check(self, key: str) -> None:
+            require_positive(f"{key}.scale", self.scale)
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        return pixels(LaplaceDist(self.mean(out), self.cfg.scale, validate_args=False))
+
+
+class Reduction(str, enum.Enum):
+    sum = "sum"  # the true log-likelihood: SSE/(2σ²), summed over pixels
+    mean = "mean"  # F.mse_loss's default: the per-pixel mean, i.e. a Gaussian with σ² = D/2
+
+
+class Gaussian(Likelihood):
+    """p(x|z) = N(f(z), σ²I): log p = −‖x − f(z)‖²/(2σ²) − (D/2)·log(2πσ²) nats per image,
+    logged as `sse_term` + `log_norm_term`. σ weighs reconstruction against KL as β = 2σ²."""
+
+    name = "gaussian"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "gaussian"
+        sigma: float = 0.1
+        reduction: Reduction = Reduction.sum
+
+        def check(self, key: str) -> None:
+            require_positive(f"{key}.sigma", self.sigma)
+
+    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
+        """log σ, broadcastable to [B, D]."""
+        if self.cfg.reduction == Reduction.mean:
+            return torch.tensor(0.5 * math.log(self.dim / 2), device=out.device)
+        return torch.tensor(math.log(self.cfg.sigma), device=out.device)
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        return pixels(Normal(self.mean(out), self.log_sigma(out, x).exp(), validate_args=False))
+
+    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
+        log_sigma = self.log_sigma(out, x).expand_as(x)
+        sq = (x - self.mean(out)).square()
+        return {
+            "sigma": log_sigma.mean(-1).exp(),  # geometric mean over pixels
+            "sse_term": -(sq * torch.exp(-2 * log_sigma)).sum(-1) / 2,
+            "log_norm_term": -(log_sigma + 0.5 * LOG_2PI).sum(-1),
+        }
+
+    def reconstruction_loss(self, log_px_z: Tensor) -> Tensor:
+        if self.cfg.reduction == Reduction.mean:
+            # exactly F.mse_loss(x_hat, x) per image: −log p minus its constant (D/2)·log(2πσ²)
+            return -log_px_z - 0.5 * self.dim * (LOG_2PI + math.log(self.dim / 2))
+        return -log_px_z
+
+
+class Variance(str, enum.Enum):
+    shared = "shared"  # one learned scalar log σ
+    optimal = "optimal"  # σ² = the batch's per-pixel MSE, detached (σ-VAE, Rybkin et al. 2021)
+
+
+class GaussianLearned(Gaussian):
+    """N(f(z), σ²I) with σ learned: at the optimum σ*² = the per-pixel MSE, so σ calibrates
+    the decoder. `shared` learns log σ by gradient; `optimal` sets it in closed form."""
+
+    name = "gaussian_learned"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "gaussian_learned"
+        variance: Variance = Variance.shared
+        init_sigma: float = 1.0
+        sigma_lr: float = 0.01
+        ema: float = 0.05
+        reduction: Reduction = Reduction.sum
+
+        def check(self, key: str) -> None:
+            require_positive(f"{key}.init_sigma", self.init_sigma)
+            require_positive(f"{key}.sigma_lr", self.sigma_lr)
+            require(0 < self.ema <= 1, f"{key}.ema", self.ema, "must be in (0, 1]")
+            require(self.reduction == Reduction.sum, f"{key}.reduction", self.reduction.value,
+                    "a learned σ needs reduction=sum")
+
+    def __init__(self, cfg: Config, dim: int):
+        super().__init__(cfg, dim)
+        init = torch.tensor(math.log(cfg.init_sigma))
+        if cfg.variance == Variance.shared:
+            self.shared_log_sigma = nn.Parameter(init)
+        # `optimal` at test time: σ² from a (debiased) moving average of the training batches'
+        # per-pixel MSE, so the test likelihood is that of a fixed model, never fitted to test data.
+        self.register_buffer("mse_avg", torch.zeros(()))
+        self.register_buffer("mse_weight", torch.zeros(()))
+
+    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.cfg.variance == Variance.shared:
+            return self.shared_log_sigma
+        if self.training or self.mse_weight == 0:
+            mse = F.mse_loss(self.mean(out).detach(), x)
+        else:
+            mse = self.mse_avg / self.mse_weight
+        return 0.5 * mse.clamp_min(1e-12).log()
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        if self.training and self.cfg.variance == Variance.optimal:
+            with torch.no_grad():
+                m = self.cfg.ema
+                self.mse_avg.mul_(1 - m).add_(m * F.mse_loss(self.mean(out), x))
+                self.mse_weight.mul_(1 - m).add_(m)
+        return super().forward(out, x)
+
+    def param_groups(self) -> list[dict]:
+        if self.cfg.variance == Variance.shared:
+            return [{"params": [self.shared_log_sigma], "lr": self.cfg.sigma_lr}]
+        return []
