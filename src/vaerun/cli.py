@@ -8,6 +8,7 @@ stops with one `error:` line and exit status 2 before any training.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,27 @@ def _one_line(e: BaseException) -> str:
     return " ".join(lines) if lines else type(e).__name__
 
 
+ALWAYS_EXCLUDED = ["trainer.resume", "trainer.device", "trainer.threads", "hydra.launcher.n_jobs"]
+EXCLUDE_KEY = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def name_by_swept_keys(args: list[str]) -> list[str]:
+    """Name each sweep job's folder by the overrides that vary (e.g. `3_likelihood.sigma=1`):
+    the constant ones are added to Hydra's override_dirname exclude list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-")]
+    if any(a.split("=")[0].lstrip("+~") == EXCLUDE_KEY for a in overrides):
+        return args
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not any(o.is_sweep_override() for o in parsed):
+        return args
+    constant = [o.key_or_group for o in parsed
+                if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    keys = list(dict.fromkeys(ALWAYS_EXCLUDED + constant))
+    return [*args, f"{EXCLUDE_KEY}=[{','.join(keys)}]"]
+
+
 def job_overrides(args: list[str], multirun: bool) -> list[list[str]]:
     """The override list of each job the command would run (one for a single run)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -68,10 +90,34 @@ def validate(args: list[str], multirun: bool) -> None:
             for job in jobs:
                 typed(compose("train", overrides=job))
     except (HydraException, OmegaConfBaseException) as e:
-        msg = _one_line(e)
-        if "Ambiguous value" in msg or "multirun" in msg.lower():
-            msg += " (sweeps need -m: vaerun train -m ...)"
-        raise UserError(msg) from None
+        raise UserError(_explain(e)) from None
+
+
+def _explain(e: BaseException) -> str:
+    """Hydra's message for a bad override, made one line that names the key and the fix."""
+    msg = _one_line(e).split(" Config search path:")[0]
+    unknown = re.search(r"Could not override '([^']+)'", msg)
+    if unknown:
+        key = unknown.group(1)
+        group = key.split(".")[0]
+        return (f"{key} is not a key of this config (check the spelling, or pick a {group} "
+                f"option that has it, e.g. vaerun train {group}=... {key}=...; "
+                f"`vaerun train --cfg job` lists the keys)")
+    missing = re.search(r"Could not find '([^/']+)/([^']+)' Available options in '[^']+': (.*)", msg)
+    if missing:
+        group, name, options = missing.groups()
+        return f"{group}={name} is not an option; choose one of: {', '.join(options.split())}"
+    if "Ambiguous value" in msg:
+        msg += " (a sweep needs -m: vaerun train -m ...)"
+    return msg
+
+
+def _log_to_file(log: logging.Logger, msg: str) -> None:
+    """Record an error in the run's log file only: the console gets the one `error:` line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, (), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _train_task(cfg) -> int:
@@ -87,7 +133,7 @@ def _train_task(cfg) -> int:
         train(typed(cfg), run_dir)
         code = 0
     except (UserError, NonFiniteError) as e:
-        log.error("%s", e)
+        _log_to_file(log, str(e))
         code = error(str(e), e.exit_code)
     except Interrupted as e:
         log.warning("interrupted: checkpoint written to %s; continue with trainer.resume=true "
@@ -110,6 +156,8 @@ def train_main(args: list[str]) -> int:
             validate([a for a in args if not a.startswith("-")], multirun)
         except UserError as e:
             return error(str(e))
+    if multirun:
+        args = name_by_swept_keys(args)
     app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train",
                      version_base="1.3")(_train_task)
     EXIT_CODES.clear()

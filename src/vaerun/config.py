@@ -50,6 +50,10 @@ class Registered:
             cls.registry[cls.name] = cls
 
     @classmethod
+    def validate(cls, cfg: Any, key: str) -> None:
+        """Checks that need the class as well as its Config (none by default)."""
+
+    @classmethod
     def lookup(cls, name: str) -> type:
         if name not in cls.registry:
             options = ", ".join(sorted(cls.registry))
@@ -76,7 +80,10 @@ def _to_schema(key: str, node: Any, schema: type) -> Any:
 def typed_group(key: str, node: Any, base: type[Registered]) -> Any:
     """The checked Config instance of the registered part that `node.name` names."""
     name = node.get("name") if isinstance(node, DictConfig) else None
-    return _to_schema(key, node, base.lookup(name).Config)
+    cls = base.lookup(name)
+    obj = _to_schema(key, node, cls.Config)
+    cls.validate(obj, key)
+    return obj
 
 
 @dataclass
@@ -101,6 +108,9 @@ class TrainerConfig:
         devices = ("auto", "cpu", "cuda", "mps")
         ok = self.device in devices or self.device.startswith("cuda:")
         require(ok, f"{key}.device", self.device, "choose auto, cpu, cuda, cuda:N or mps")
+        from vaerun.train import resolve_device
+
+        resolve_device(self.device)  # CUDA asked for but absent fails here, before any run
 
 
 @dataclass

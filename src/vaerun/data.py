@@ -79,6 +79,16 @@ class Dataset(Registered):
     test_file: ClassVar[str]
     sha256: ClassVar[dict[str, str]]  # uncompressed SHA-256 of each file
 
+    sizes: ClassVar[tuple[int, int] | None] = None  # (train, test) images, when always the same
+
+    @classmethod
+    def validate(cls, cfg: DataConfig, key: str) -> None:
+        for k, total in zip(("n_train", "n_test"), cls.sizes or (), strict=False):
+            n = getattr(cfg, k)
+            if n is not None and n > total:
+                raise ConfigError(f"{key}.{k}", n, f"must be between 1 and {total} "
+                                  f"(the {k[2:]} images of {cls.name})")
+
     def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
@@ -152,6 +162,7 @@ class MNIST(Dataset):
 
     name = "mnist"
     folder = "MNIST"
+    sizes = (60000, 10000)
     bundled = "mnist"
     train_file = "train-images-idx3-ubyte"
     test_file = "t10k-images-idx3-ubyte"

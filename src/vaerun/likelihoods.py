@@ -71,7 +71,7 @@ class Likelihood(Registered, nn.Module):
         """Extra per-image terms worth logging (nats per image unless named otherwise)."""
         return {}
 
-    def reconstruction_loss(self, log_px_z: Tensor) -> Tensor:
+    def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
         """What the loss puts in place of −log p(x|z); differs from it only by a constant."""
         return -log_px_z
 
@@ -172,10 +172,11 @@ class Gaussian(Likelihood):
             "log_norm_term": -(log_sigma + 0.5 * LOG_2PI).sum(-1),
         }
 
-    def reconstruction_loss(self, log_px_z: Tensor) -> Tensor:
+    def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
         if self.cfg.reduction == Reduction.mean:
-            # exactly F.mse_loss(x_hat, x) per image: −log p minus its constant (D/2)·log(2πσ²)
-            return -log_px_z - 0.5 * self.dim * (LOG_2PI + math.log(self.dim / 2))
+            # F.mse_loss(x_hat, x) per image, as common code writes it: −log p(x|z) of the
+            # Gaussian with σ² = D/2, less its constant (D/2)·log(2πσ²)
+            return F.mse_loss(self.mean(out), x, reduction="none").mean(-1)
         return -log_px_z
 
 

@@ -28,7 +28,7 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float) -> dict[str, Tensor]:
     lik = vae.likelihood
     log_px_z = lik(out, x).log_prob(x)
     kl = kl_divergence(q, vae.prior())
-    loss = lik.reconstruction_loss(log_px_z) + beta * kl
+    loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
     with torch.no_grad():
         mean = lik.mean(out)
         return {
