@@ -42,6 +42,32 @@ class RunLog:
         clean = {f"{split}/{k}": (v if math.isfinite(v) else None) for k, v in values.items()}
         self.update(**clean, **entries)
 
+    def layout(self) -> None:
+        """TensorBoard's Custom Scalars tab: the ELBO terms of each split on one chart."""
+        charts = {
+            f"ELBO terms ({split})": {
+                "elbo = log_px_z - kl": ["Multiline", [f"{split}/elbo", f"{split}/log_px_z",
+                                                       f"{split}/kl", f"{split}/nll_iwae"]],
+                "Gaussian: log_px_z = sse_term + log_norm_term": [
+                    "Multiline", [f"{split}/log_px_z", f"{split}/sse_term",
+                                  f"{split}/log_norm_term"]],
+                "sigma vs sqrt(mse)": ["Multiline", [f"{split}/sigma", f"{split}/sigma_optimal"]],
+            }
+            for split in ("test", "train")
+        }
+        self.writer.add_custom_scalars(charts)
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """Record this run's hyperparameters for TensorBoard's HParams dashboard, in this run's
+        own event file (SummaryWriter.add_hparams would make a directory per call); the
+        dashboard joins them with the runs' last test/* scalars."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: v for k, v in hparams.items() if v is not None}
+        _, start, end = hparams_summary(clean, dict.fromkeys(metric_tags, 0.0))
+        self.writer.file_writer.add_summary(start)
+        self.writer.file_writer.add_summary(end)
+
     def flush(self) -> None:
         self.writer.flush()
 

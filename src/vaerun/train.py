@@ -26,6 +26,7 @@ from vaerun import checkpoint
 from vaerun.config import RunConfig
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from vaerun.evaluate import evaluate_run, write_pictures
 from vaerun.likelihoods import Likelihood
 from vaerun.logs import RunLog
 from vaerun.model import VAE
@@ -158,6 +159,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         return runlog.metrics
     if not resumed:
         save("running")  # a last good checkpoint exists from the first step on
+        runlog.layout()
     record("running")
 
     n, bs = len(data.train), t.batch_size
@@ -218,10 +220,14 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                          test["elbo"], test["log_px_z"], test["kl"], test["mse"])
                 done = progress.epoch >= t.epochs
                 if not done:
+                    write_pictures(vae, data, runlog, progress.step)
                     record("interrupted" if stop["signum"] is not None else "running")
                     save("interrupted" if stop["signum"] is not None else "running")
                     if stop["signum"] is not None:
                         raise Interrupted(stop["signum"])
+        final = evaluate_run(vae, data, cfg, runlog, progress.step)
+        log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+        runlog.hparams(hparams(cfg, seed), [k for k in runlog.metrics if k.startswith("test/")])
         record("finished")
         save("finished")
         log.info("finished %s", run_dir)
@@ -231,6 +237,21 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         raise
     finally:
         runlog.close()
+
+
+def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
+    """The hyperparameters a sweep is compared by (HParams dashboard, vaerun report)."""
+    lik = cfg.likelihood
+    sigma = getattr(lik, "sigma", None)
+    if getattr(lik, "reduction", "sum") == "mean":
+        sigma = None
+    return {
+        "dataset": cfg.dataset.name, "likelihood": lik.name, "sigma": sigma,
+        "variance": getattr(getattr(lik, "variance", None), "value", None),
+        "beta": cfg.beta, "optimizer": cfg.optimizer["_target_"].rsplit(".", 1)[-1],
+        "lr": cfg.optimizer["lr"], "model": cfg.model.name, "latent_dim": cfg.model.latent_dim,
+        "seed": seed, "epochs": cfg.trainer.epochs,
+    }
 
 
 def _hint(cfg: RunConfig) -> str:
