@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from tqdm import tqdm
 
 from vaerun import checkpoint
+from vaerun.atomic import read_json
 from vaerun.config import RunConfig
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Interrupted, NonFiniteError, UserError
@@ -135,6 +136,9 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         seed = state["seed"]
         progress = Progress(state["epoch"], state["step"], state["batch"], state["perm"],
                             state["seconds"])
+        if state["status"] == "finished" and progress.epoch >= t.epochs:
+            log.info("%s is already finished (%d epochs); nothing to do", run_dir, progress.epoch)
+            return read_json(run_dir / "metrics.json")
         log.info("resuming %s at epoch %d, step %d", run_dir, progress.epoch, progress.step)
 
     runlog = RunLog(run_dir, purge_step=progress.step + 1 if resumed else None)
@@ -153,10 +157,6 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         runlog.update(status=status, epoch=progress.epoch, step=progress.step,
                       train_seconds=round(progress.seconds, 3), seed=seed, **extra)
 
-    if resumed and runlog.metrics.get("status") == "finished" and progress.epoch >= t.epochs:
-        log.info("%s is already finished (%d epochs); nothing to do", run_dir, progress.epoch)
-        runlog.close()
-        return runlog.metrics
     if not resumed:
         save("running")  # a last good checkpoint exists from the first step on
         runlog.layout()
