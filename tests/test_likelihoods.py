@@ -145,3 +145,37 @@ def test_registry_lists_every_likelihood():
     assert {"bernoulli", "gaussian", "gaussian_learned", "continuous_bernoulli",
             "laplace"} <= set(Likelihood.registry)
     assert issubclass(Likelihood.lookup("gaussian_learned"), GaussianLearned)
+
+
+@pytest.mark.parametrize("variance", ["per_pixel", "decoder"])
+def test_per_pixel_sigmas_against_torch_distributions(variance):
+    lik = make("gaussian_learned", variance=variance, min_log_sigma=-6.0)
+    out = torch.randn(16, lik.params_per_pixel * D)
+    if variance == "per_pixel":
+        with torch.no_grad():
+            lik.pixel_log_sigma.copy_(torch.randn(D))
+        raw = lik.pixel_log_sigma
+    else:
+        assert lik.params_per_pixel == 2
+        raw = out[:, D:]
+    log_sigma = -6.0 + F.softplus(raw + 6.0)
+    want = Normal(torch.sigmoid(out[:, :D]), log_sigma.exp()).log_prob(GREY).sum(-1)
+    got = lik(out, GREY).log_prob(GREY)
+    torch.testing.assert_close(got, want)
+    t = lik.terms(out, GREY)
+    torch.testing.assert_close(t["sse_term"] + t["log_norm_term"], got, rtol=1e-5, atol=1e-2)
+
+
+def test_soft_lower_bound_holds_on_an_all_zero_image():
+    zero = torch.zeros(4, D)
+    out = torch.full((4, D), -30.0)  # decoder mean sigmoid(-30) ~ 1e-13: a perfect fit of 0s
+    bounded = make("gaussian_learned", variance="per_pixel", min_log_sigma=-6.0)
+    free = make("gaussian_learned", variance="per_pixel", min_log_sigma=None)
+    for lik in (bounded, free):
+        with torch.no_grad():
+            lik.pixel_log_sigma.fill_(-25.0)  # where gradient descent drives it on 0 pixels
+    assert bounded.log_sigma(out, zero).min().item() >= -6.0
+    # log p <= D (6 - ½ log 2π): finite, and the loss cannot run to −∞
+    cap = D * (6.0 - 0.5 * math.log(2 * math.pi))
+    assert bounded(out, zero).log_prob(zero).max().item() <= cap + 1e-3
+    assert free(out, zero).log_prob(zero).min().item() > 3 * cap  # unbounded: it grows on

@@ -80,6 +80,7 @@ class Dataset(Registered):
     sha256: ClassVar[dict[str, str]]  # uncompressed SHA-256 of each file
 
     sizes: ClassVar[tuple[int, int] | None] = None  # (train, test) images, when always the same
+    missing_hint: ClassVar[str] = "set dataset.root=null to use the bundled copy"
 
     @classmethod
     def validate(cls, cfg: DataConfig, key: str) -> None:
@@ -127,7 +128,7 @@ class Dataset(Registered):
         root = Path(self.cfg.root).expanduser()
         raw = root / self.folder / "raw"
         fix = (f"put the original file at {raw / base} (torchvision's layout) "
-               f"or set {self.group}.root=null to use the bundled copy")
+               f"or {self.missing_hint}")
         return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
 
     def _download(self) -> None:
@@ -141,7 +142,7 @@ class Dataset(Registered):
         except Exception as e:  # network or disk errors, reported as one line
             raise DataError(f"{self.name} is not under {self.cfg.root} and torchvision could not "
                             f"download it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                            f"; copy the files there or set {self.group}.root=null") from None
+                            f"; copy the files there or {self.missing_hint}") from None
 
     def _load(self, base: str, n: int | None, key: str) -> np.ndarray:
         candidates, fix = self._paths(base)
@@ -223,3 +224,23 @@ class MNISTBinary(MNIST):
         if self.cfg.binarize == Binarize.dynamic:
             return torch.bernoulli(x, generator=generator)
         return x
+
+
+class FashionMNIST(MNIST):
+    """Fashion-MNIST (Xiao et al. 2017): 28×28 grey clothing images, MNIST's format and sizes.
+    Offline from Debian's `dataset-fashion-mnist`, else torchvision's download under `root`."""
+
+    name = "fashion_mnist"
+    folder = "FashionMNIST"
+    bundled = None
+    missing_hint = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+                    "or set dataset.root to a writable folder for torchvision's download")
+    sha256 = {  # uncompressed; the same bytes as the upstream release
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    }
+
+    @dataclass
+    class Config(MNIST.Config):
+        name: str = "fashion_mnist"
+        root: str | None = "/usr/share/datasets/fashion-mnist"

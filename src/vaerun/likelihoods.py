@@ -183,11 +183,15 @@ class Gaussian(Likelihood):
 class Variance(str, enum.Enum):
     shared = "shared"  # one learned scalar log σ
     optimal = "optimal"  # σ² = the batch's per-pixel MSE, detached (σ-VAE, Rybkin et al. 2021)
+    per_pixel = "per_pixel"  # D learned log σ, one per pixel
+    decoder = "decoder"  # the decoder outputs a log σ per pixel (2·D outputs)
 
 
 class GaussianLearned(Gaussian):
     """N(f(z), σ²I) with σ learned: at the optimum σ*² = the per-pixel MSE, so σ calibrates
-    the decoder. `shared` learns log σ by gradient; `optimal` sets it in closed form."""
+    the decoder. `shared` learns log σ by gradient; `optimal` sets it in closed form;
+    `per_pixel` and `decoder` learn one σ per pixel, softly bounded below by `min_log_sigma`
+    (log σ = m + softplus(raw − m)): else pixels that are always 0 drive log p(x|z) to +∞."""
 
     name = "gaussian_learned"
 
@@ -198,10 +202,14 @@ class GaussianLearned(Gaussian):
         init_sigma: float = 1.0
         sigma_lr: float = 0.01
         ema: float = 0.05
+        min_log_sigma: float | None = -6.0
         reduction: Reduction = Reduction.sum
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.init_sigma", self.init_sigma)
+            m = self.min_log_sigma
+            require(m is None or math.isfinite(m), f"{key}.min_log_sigma", m,
+                    "must be a finite number (or null: no bound)")
             require_positive(f"{key}.sigma_lr", self.sigma_lr)
             require(0 < self.ema <= 1, f"{key}.ema", self.ema, "must be in (0, 1]")
             require(self.reduction == Reduction.sum, f"{key}.reduction", self.reduction.value,
@@ -212,14 +220,28 @@ class GaussianLearned(Gaussian):
         init = torch.tensor(math.log(cfg.init_sigma))
         if cfg.variance == Variance.shared:
             self.shared_log_sigma = nn.Parameter(init)
+        elif cfg.variance == Variance.per_pixel:
+            self.pixel_log_sigma = nn.Parameter(init.repeat(dim))
+        elif cfg.variance == Variance.decoder:
+            self.params_per_pixel = 2  # the decoder's second D outputs are raw log σ
         # `optimal` at test time: σ² from a (debiased) moving average of the training batches'
         # per-pixel MSE, so the test likelihood is that of a fixed model, never fitted to test data.
         self.register_buffer("mse_avg", torch.zeros(()))
         self.register_buffer("mse_weight", torch.zeros(()))
 
+    def bounded(self, raw: Tensor) -> Tensor:
+        """Soft lower bound: m + softplus(raw − m) ≥ m, ≈ raw well above m."""
+        m = self.cfg.min_log_sigma
+        return raw if m is None else m + F.softplus(raw - m)
+
     def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
-        if self.cfg.variance == Variance.shared:
+        v = self.cfg.variance
+        if v == Variance.shared:
             return self.shared_log_sigma
+        if v == Variance.per_pixel:
+            return self.bounded(self.pixel_log_sigma)
+        if v == Variance.decoder:
+            return self.bounded(out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma))
         if self.training or self.mse_weight == 0:
             mse = F.mse_loss(self.mean(out).detach(), x)
         else:
@@ -237,4 +259,6 @@ class GaussianLearned(Gaussian):
     def param_groups(self) -> list[dict]:
         if self.cfg.variance == Variance.shared:
             return [{"params": [self.shared_log_sigma], "lr": self.cfg.sigma_lr}]
+        if self.cfg.variance == Variance.per_pixel:
+            return [{"params": [self.pixel_log_sigma], "lr": self.cfg.sigma_lr}]
         return []
