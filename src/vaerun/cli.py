@@ -151,13 +151,14 @@ def train_main(args: list[str]) -> int:
 
     flags = [a for a in args if a.startswith("-")]
     multirun = any(a in ("-m", "--multirun") for a in args)
+    # With Hydra's other flags (--help, --cfg job, -cp DIR, ...) Hydra alone reads the line.
     if all(f in ("-m", "--multirun") for f in flags):
         try:
             validate([a for a in args if not a.startswith("-")], multirun)
         except UserError as e:
             return error(str(e))
-    if multirun:
-        args = name_by_swept_keys(args)
+        if multirun:
+            args = name_by_swept_keys(args)
     app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train",
                      version_base="1.3")(_train_task)
     EXIT_CODES.clear()

@@ -165,8 +165,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     n, bs = len(data.train), t.batch_size
     steps_per_epoch = math.ceil(n / bs)
     check_every = 1 if device.type == "cpu" else t.log_every  # host syncs are free on CPU only
-    log.info("training %s: %d images, %d epochs of %d steps, on %s", run_dir, n, t.epochs,
-             steps_per_epoch, device)
+    log.info("training %s: %d images, %d epochs of %d steps, on %s (%d threads)", run_dir, n,
+             t.epochs, steps_per_epoch, device, torch.get_num_threads())
     vae.train()
     try:
         with stop_requests() as stop:

@@ -1,0 +1,110 @@
+"""Sweeps: `vaerun report` with exact aggregates, the joblib and submitit launchers (real
+processes), and a sweep interrupted mid-way then resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL, run_process
+
+TINY = [*SMALL, "trainer.epochs=1", "dataset.n_train=256", "dataset.n_test=128"]
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_aggregates_seeds_exactly(vaerun, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,1",
+                  "trainer.seed=1,2", *TINY, f"hydra.sweep.dir={sweep}") == 0
+    assert vaerun("report", f"sweep_dir={sweep}") == 0
+    out = capsys.readouterr().out
+    for name in ("report.csv", "report.md", "rate_distortion.png", "sweep.png", "curves.png",
+                 "samples.png"):
+        assert f"wrote {sweep / name}" in out
+        assert (sweep / name).stat().st_size > 100
+    table = rows(sweep / "report.csv")
+    assert [r["likelihood.sigma"] for r in table] == ["0.1", "1"]
+    for r in table:
+        runs = [p for p in sweep.iterdir() if p.is_dir() and
+                f"likelihood.sigma={r['likelihood.sigma']}," in p.name + ","]
+        assert len(runs) == 2 and r["n"] == "2"
+        for tag in ("test/kl", "test/mse", "test/elbo", "test/nll_iwae"):
+            vals = [metrics(p)[tag] for p in runs]
+            assert float(r[f"{tag}_mean"]) == pytest.approx(statistics.fmean(vals), rel=1e-12)
+            assert float(r[f"{tag}_std"]) == pytest.approx(statistics.stdev(vals), rel=1e-9)
+    md = (sweep / "report.md").read_text()
+    assert "| likelihood.sigma | n |" in md and "None: every run finished." in md
+
+
+def test_report_bad_input(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, key in ((["sweep_dir=" + str(empty)], "holds no runs"),
+                      (["sweep_dir=" + str(tmp_path / "nope")], "is not a directory"),
+                      ([], "sweep_dir is required")):
+        proc = run_process(["report", *args], cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+        assert proc.stderr.startswith("error: ") and key in proc.stderr
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launchers_run_real_processes(vaerun, tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    assert vaerun("train", "-m", f"hydra/launcher={launcher}", "likelihood=gaussian",
+                  "likelihood.sigma=0.1,1", *TINY, f"hydra.sweep.dir={sweep}") == 0
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert runs == ["0_likelihood.sigma=0.1", "1_likelihood.sigma=1"]
+    assert all(metrics(sweep / r)["status"] == "finished" for r in runs)
+    assert vaerun("report", f"sweep_dir={sweep}") == 0
+    assert len(rows(sweep / "report.csv")) == 2
+
+
+def test_sweep_interrupted_then_resumed_finishes_every_run_once(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,0.3,1",
+            "dataset.n_train=20000", "dataset.n_test=256", "trainer.batch_size=64",
+            "trainer.epochs=2", "eval.iwae_k=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "vaerun", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first, second = sweep / "0_likelihood.sigma=0.1", sweep / "1_likelihood.sigma=0.3"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (second / "metrics.json").exists():
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the second job's first epoch
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert metrics(first)["status"] == "finished"
+    assert metrics(second)["status"] == "interrupted"
+    assert not (sweep / "2_likelihood.sigma=1").exists()
+    finished_before = (first / "metrics.json").read_text()
+    events_before = sorted(p.name for p in first.glob("events.out.tfevents.*"))
+
+    assert run_process(["report", f"sweep_dir={sweep}"], cwd=tmp_path).returncode == 0
+    md = (sweep / "report.md").read_text()
+    assert "`1_likelihood.sigma=0.3` — interrupted" in md
+
+    resumed = run_process([*args, "trainer.resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(runs) == 3 and all(metrics(r)["status"] == "finished" for r in runs)
+    assert all(metrics(r)["epoch"] == 2 for r in runs)
+    # the finished run was not trained again
+    assert (first / "metrics.json").read_text() == finished_before
+    assert sorted(p.name for p in first.glob("events.out.tfevents.*")) == events_before
+    assert "is already finished" in (first / "train.log").read_text()
