@@ -67,7 +67,7 @@ def test_bernoulli_on_grey_warns_once(vaerun, tmp_path):
     run = tmp_path / "run"
     assert vaerun("train", "likelihood=bernoulli", *SMALL, f"hydra.run.dir={run}") == 0
     text = (run / "train.log").read_text()
-    assert text.count("is not a normalised density") == 1
+    assert text.count("-BCE is not a normalised density") == 1
     assert "continuous_bernoulli" in text
 
 

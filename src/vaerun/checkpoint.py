@@ -14,7 +14,7 @@ from vaerun.errors import UserError
 
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.device", "trainer.threads",
-                     "trainer.log_every", "trainer.eval_batch_size", "eval.")
+                     "trainer.log_every", "trainer.eval_batch_size", "trainer.compile", "eval.")
 
 
 def checkpoint_path(run_dir: Path) -> Path:

@@ -96,6 +96,7 @@ class TrainerConfig:
     eval_batch_size: int = 2000
     resume: bool = False
     compile: bool = False
+    deterministic: bool = False
     threads: int | None = None
 
     def check(self, key: str) -> None:

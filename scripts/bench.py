@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Training speed of vaerun against the usual VAE loop and the bare-maths floor.
+
+In one process, on the default model (MLP 784-400-20, batch 128, Adam 1e-3, grey MNIST,
+Bernoulli decoder), it measures seconds per epoch of:
+
+  (a) vaerun: its own training loop (`vaerun.train.train`) with its default logging
+      (TensorBoard every 50 steps, on-device meters, NaN guard, progress bar);
+  (b) reference: the PyTorch examples VAE loop: torchvision `datasets.MNIST` over the bundled
+      files, `ToTensor`, `DataLoader(batch_size=128, shuffle=True)`;
+  (c) bare: the same model and loss on in-memory tensors, nothing else;
+
+after a warm-up epoch each, as the median of --epochs epochs. It also prints the model's matmul
+FLOPs per epoch over `torch.mm`'s measured throughput here: the epoch time the maths alone would
+need at that throughput. Writes the table as JSON (--json).
+
+    python scripts/bench.py [--epochs 3] [--threads N] [--batch-size 128] [--device cpu]
+                            [--compile] [--json docs/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+D, H, L = 784, 400, 20
+
+
+class ExamplesVAE(nn.Module):
+    """The PyTorch examples VAE (examples/vae/main.py), unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(D, H)
+        self.fc21 = nn.Linear(H, L)
+        self.fc22 = nn.Linear(H, L)
+        self.fc3 = nn.Linear(L, H)
+        self.fc4 = nn.Linear(H, D)
+
+    def encode(self, x):
+        h1 = F.relu(self.fc1(x))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu, logvar):
+        std = torch.exp(0.5 * logvar)
+        return mu + torch.randn_like(std) * std
+
+    def decode(self, z):
+        return torch.sigmoid(self.fc4(F.relu(self.fc3(z))))
+
+    def forward(self, x):
+        mu, logvar = self.encode(x.view(-1, D))
+        z = self.reparameterize(mu, logvar)
+        return self.decode(z), mu, logvar
+
+
+def examples_loss(recon_x, x, mu, logvar):
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, D), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def timed_epochs(run_epoch, epochs: int) -> list[float]:
+    run_epoch()  # warm-up
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        run_epoch()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_reference(root: Path, batch_size: int, device: torch.device, epochs: int):
+    from torchvision import datasets, transforms
+
+    loader = torch.utils.data.DataLoader(
+        datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor()),
+        batch_size=batch_size, shuffle=True)
+    model = ExamplesVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def epoch():
+        model.train()
+        for data, _ in loader:
+            data = data.to(device)
+            opt.zero_grad()
+            recon, mu, logvar = model(data)
+            loss = examples_loss(recon, data, mu, logvar)
+            loss.backward()
+            opt.step()
+
+    return timed_epochs(epoch, epochs)
+
+
+def bench_bare(x: torch.Tensor, batch_size: int, epochs: int, compile_: bool):
+    model = ExamplesVAE().to(x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(xb):
+        opt.zero_grad()
+        recon, mu, logvar = model(xb)
+        loss = examples_loss(recon, xb, mu, logvar)
+        loss.backward()
+        opt.step()
+
+    step_fn = torch.compile(step) if compile_ else step
+
+    def epoch():
+        for idx in torch.randperm(len(x), device=x.device).split(batch_size):
+            step_fn(x[idx])
+
+    return timed_epochs(epoch, epochs)
+
+
+def bench_vaerun(out: Path, batch_size: int, device: str, epochs: int, threads: int | None,
+                 compile_: bool):
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vaerun.config import typed
+    from vaerun.train import train
+
+    conf = resources.files("vaerun.conf")
+    parts = {g: OmegaConf.load(str(conf / g / f"{n}.yaml")) for g, n in (
+        ("dataset", "mnist"), ("likelihood", "bernoulli"), ("model", "mlp"),
+        ("optimizer", "adam"), ("trainer", "default"))}
+    top = OmegaConf.load(str(conf / "train.yaml"))
+    cfg = OmegaConf.create({**parts, "beta": top.beta, "eval": top.eval})
+    cfg.trainer.update(epochs=epochs + 1, batch_size=batch_size, device=device, threads=threads,
+                       compile=compile_)
+    cfg.eval.iwae_k = 0
+    run = out / ("vaerun_compiled" if compile_ else "vaerun")
+    train(typed(cfg), run)
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    epoch_s = [e.value for e in acc.Scalars("time/epoch_seconds")][1:]  # first: warm-up
+    eval_s = [e.value for e in acc.Scalars("time/test_eval_seconds")][1:]
+    return epoch_s, statistics.median(eval_s)
+
+
+def matmul_throughput(device: torch.device) -> dict[str, float]:
+    """GFLOP/s of torch.mm: on a large square product, and on this model's own shapes."""
+
+    def gflops(m, k, n, reps):
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        for _ in range(3):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+    return {"square_2048": gflops(2048, 2048, 2048, 10),
+            "model_shapes_128x784x400": gflops(128, 784, 400, 400)}
+
+
+def model_flops_per_epoch(n: int) -> float:
+    """Matmul FLOPs of one epoch: forward 2·(weights) per image, backward twice that."""
+    weights = D * H + H * 2 * L + L * H + H * D
+    return 3 * 2 * weights * n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="vaerun training speed benchmark")
+    p.add_argument("--epochs", type=int, default=3, help="measured epochs per loop (+1 warm-up)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile variants")
+    p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+
+    from vaerun.data import MNIST
+
+    tmp = Path(tempfile.mkdtemp(prefix="vaerun-bench-"))
+    try:
+        raw = tmp / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        bundled = Path(str(resources.files("vaerun.bundled") / "mnist"))
+        for f in bundled.glob("*-ubyte.gz"):
+            with gzip.open(f) as src, open(raw / f.stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        x = MNIST(MNIST.Config(), device).train
+        n = len(x)
+        rows = {}
+
+        def record(name, times, **extra):
+            med = statistics.median(times)
+            rows[name] = {"seconds_per_epoch": med, "images_per_second": n / med,
+                          "epoch_times": times,
+                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          **extra}
+            print(f"  {name}: {med:.3f} s/epoch", file=sys.stderr, flush=True)
+
+        print("measuring (a) vaerun", file=sys.stderr)
+        t, ev = bench_vaerun(tmp, a.batch_size, a.device, a.epochs, a.threads, False)
+        record("a_vaerun", t, test_eval_seconds=ev)
+        if a.compile:
+            t, ev = bench_vaerun(tmp, a.batch_size, a.device, a.epochs, a.threads, True)
+            record("a_vaerun_compiled", t, test_eval_seconds=ev)
+        if not a.skip_reference:
+            print("measuring (b) reference DataLoader loop", file=sys.stderr)
+            record("b_reference", bench_reference(tmp, a.batch_size, device, a.epochs))
+        print("measuring (c) bare loop", file=sys.stderr)
+        record("c_bare", bench_bare(x, a.batch_size, a.epochs, False))
+        if a.compile:
+            record("c_bare_compiled", bench_bare(x, a.batch_size, a.epochs, True))
+        mm = matmul_throughput(device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    flops = model_flops_per_epoch(n)
+    floor = flops / (mm["square_2048"] * 1e9)
+    result = {
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": str(device),
+                    "processor": platform.processor() or platform.machine()},
+        "batch_size": a.batch_size, "images": n, "loops": rows,
+        "model_gflop_per_epoch": flops / 1e9, "matmul_gflops": mm,
+        "matmul_floor_seconds_per_epoch": floor,
+        "ratios": {"a_over_c": rows["a_vaerun"]["seconds_per_epoch"]
+                   / rows["c_bare"]["seconds_per_epoch"]},
+    }
+    if "b_reference" in rows:
+        result["ratios"]["a_over_b"] = (rows["a_vaerun"]["seconds_per_epoch"]
+                                        / rows["b_reference"]["seconds_per_epoch"])
+    for r in rows.values():
+        r["fraction_of_matmul_peak"] = floor / r["seconds_per_epoch"]
+
+    print(f"\nvaerun bench: {n} images/epoch, batch {a.batch_size}, {torch.get_num_threads()} "
+          f"threads, {device}, torch {torch.__version__}")
+    print(f"{'loop':22} {'s/epoch':>8} {'images/s':>9} {'of peak':>8} {'test eval s':>11} "
+          f"{'peak RSS MB':>11}")
+    for name, r in rows.items():
+        ev = f"{r['test_eval_seconds']:.3f}" if "test_eval_seconds" in r else "-"
+        print(f"{name:22} {r['seconds_per_epoch']:8.3f} {r['images_per_second']:9.0f} "
+              f"{r['fraction_of_matmul_peak']:8.1%} {ev:>11} {r['peak_rss_mb']:11.0f}")
+    print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in result["ratios"].items()))
+    print(f"model: {flops / 1e9:.1f} GFLOP/epoch; torch.mm: {mm['square_2048']:.1f} GFLOP/s "
+          f"(2048² square), {mm['model_shapes_128x784x400']:.1f} GFLOP/s (128x784x400); "
+          f"matmul floor {floor:.3f} s/epoch")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
