@@ -8,9 +8,11 @@ Bernoulli decoder), it measures seconds per epoch of:
       (TensorBoard every 50 steps, on-device meters, NaN guard, progress bar);
   (b) reference: the PyTorch examples VAE loop: torchvision `datasets.MNIST` over the bundled
       files, `ToTensor`, `DataLoader(batch_size=128, shuffle=True)`;
-  (c) bare: the same model and loss on in-memory tensors, nothing else;
+  (c) bare: the same model and loss on in-memory tensors, nothing else (and, for reference,
+      the same with Adam's fused kernel, which vaerun uses by default);
 
-after a warm-up epoch each, as the median of --epochs epochs. It also prints the model's matmul
+round-robin (one epoch of each loop per round, a warm-up round first), as the median over
+--epochs rounds. It also prints the model's matmul
 FLOPs per epoch over `torch.mm`'s measured throughput here: the epoch time the maths alone would
 need at that throughput. Writes the table as JSON (--json).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
 import platform
 import resource
 import shutil
@@ -74,17 +77,18 @@ def examples_loss(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def timed_epochs(run_epoch, epochs: int) -> list[float]:
-    run_epoch()  # warm-up
-    times = []
-    for _ in range(epochs):
+def timed(run_epoch):
+    """An epoch() that returns its own wall-clock seconds."""
+
+    def epoch() -> float:
         t0 = time.perf_counter()
         run_epoch()
-        times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return epoch
 
 
-def bench_reference(root: Path, batch_size: int, device: torch.device, epochs: int):
+def bench_reference(root: Path, batch_size: int, device: torch.device):
     from torchvision import datasets, transforms
 
     loader = torch.utils.data.DataLoader(
@@ -103,12 +107,12 @@ def bench_reference(root: Path, batch_size: int, device: torch.device, epochs: i
             loss.backward()
             opt.step()
 
-    return timed_epochs(epoch, epochs)
+    return timed(epoch)
 
 
-def bench_bare(x: torch.Tensor, batch_size: int, epochs: int, compile_: bool):
+def bench_bare(x: torch.Tensor, batch_size: int, compile_: bool, fused: bool = False):
     model = ExamplesVAE().to(x.device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
 
     def step(xb):
         opt.zero_grad()
@@ -123,11 +127,13 @@ def bench_bare(x: torch.Tensor, batch_size: int, epochs: int, compile_: bool):
         for idx in torch.randperm(len(x), device=x.device).split(batch_size):
             step_fn(x[idx])
 
-    return timed_epochs(epoch, epochs)
+    return timed(epoch)
 
 
-def bench_vaerun(out: Path, batch_size: int, device: str, epochs: int, threads: int | None,
-                 compile_: bool):
+def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, compile_: bool,
+                 log_every: int | None = None):
+    """vaerun's own `train`, one more epoch per call (resuming its run): returns the epoch's
+    seconds as vaerun itself logs them (time/epoch_seconds), and the test evaluation's."""
     from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -140,16 +146,30 @@ def bench_vaerun(out: Path, batch_size: int, device: str, epochs: int, threads: 
         ("optimizer", "adam"), ("trainer", "default"))}
     top = OmegaConf.load(str(conf / "train.yaml"))
     cfg = OmegaConf.create({**parts, "beta": top.beta, "eval": top.eval})
-    cfg.trainer.update(epochs=epochs + 1, batch_size=batch_size, device=device, threads=threads,
-                       compile=compile_)
+    cfg.trainer.update(batch_size=batch_size, device=device, threads=threads, compile=compile_,
+                       resume=True)
     cfg.eval.iwae_k = 0
-    run = out / ("vaerun_compiled" if compile_ else "vaerun")
-    train(typed(cfg), run)
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    acc.Reload()
-    epoch_s = [e.value for e in acc.Scalars("time/epoch_seconds")][1:]  # first: warm-up
-    eval_s = [e.value for e in acc.Scalars("time/test_eval_seconds")][1:]
-    return epoch_s, statistics.median(eval_s)
+    if log_every:
+        cfg.trainer.log_every = log_every
+    run = out / f"vaerun_{int(compile_)}_{log_every}"
+    done = [0]
+    eval_seconds: list[float] = []
+
+    def epoch() -> float:
+        done[0] += 1
+        cfg.trainer.epochs = done[0]
+        logging.disable(logging.WARNING)  # the Bernoulli-on-grey note, once per call
+        try:
+            train(typed(cfg), run)
+        finally:
+            logging.disable(logging.NOTSET)
+        acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        acc.Reload()
+        eval_seconds.append(acc.Scalars("time/test_eval_seconds")[-1].value)
+        return acc.Scalars("time/epoch_seconds")[-1].value
+
+    epoch.eval_seconds = eval_seconds  # type: ignore[attr-defined]
+    return epoch
 
 
 def matmul_throughput(device: torch.device) -> dict[str, float]:
@@ -178,7 +198,8 @@ def model_flops_per_epoch(n: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description="vaerun training speed benchmark")
-    p.add_argument("--epochs", type=int, default=3, help="measured epochs per loop (+1 warm-up)")
+    p.add_argument("--epochs", type=int, default=3,
+                   help="measured rounds (one epoch of each loop each; +1 warm-up round)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
@@ -211,27 +232,43 @@ def main() -> int:
                           "epoch_times": times,
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           **extra}
-            print(f"  {name}: {med:.3f} s/epoch", file=sys.stderr, flush=True)
 
-        print("measuring (a) vaerun", file=sys.stderr)
-        t, ev = bench_vaerun(tmp, a.batch_size, a.device, a.epochs, a.threads, False)
-        record("a_vaerun", t, test_eval_seconds=ev)
-        if a.compile:
-            t, ev = bench_vaerun(tmp, a.batch_size, a.device, a.epochs, a.threads, True)
-            record("a_vaerun_compiled", t, test_eval_seconds=ev)
+        def measure(loops: dict) -> None:
+            """Round-robin: one epoch of each loop per round, so a machine that drifts slower
+            or faster affects every loop alike. The first round is the warm-up."""
+            times: dict[str, list[float]] = {k: [] for k in loops}
+            for r in range(a.epochs + 1):
+                for name, epoch in loops.items():
+                    t = epoch()
+                    if r:
+                        times[name].append(t)
+                print(f"  round {r}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()
+                                                  if v), file=sys.stderr, flush=True)
+            for name, epoch in loops.items():
+                evals = getattr(epoch, "eval_seconds", None)
+                extra = {"test_eval_seconds": statistics.median(evals[1:])} if evals else {}
+                record(name, times[name], **extra)
+
+        loops = {"a_vaerun": bench_vaerun(tmp, a.batch_size, a.device, a.threads, False),
+                 "a_vaerun_no_train_logging": bench_vaerun(tmp, a.batch_size, a.device,
+                                                           a.threads, False, 10**9)}
         if not a.skip_reference:
-            print("measuring (b) reference DataLoader loop", file=sys.stderr)
-            record("b_reference", bench_reference(tmp, a.batch_size, device, a.epochs))
-        print("measuring (c) bare loop", file=sys.stderr)
-        record("c_bare", bench_bare(x, a.batch_size, a.epochs, False))
-        if a.compile:
-            record("c_bare_compiled", bench_bare(x, a.batch_size, a.epochs, True))
+            loops["b_reference"] = bench_reference(tmp, a.batch_size, device)
+        loops["c_bare"] = bench_bare(x, a.batch_size, False)
+        loops["c_bare_fused_adam"] = bench_bare(x, a.batch_size, False, fused=True)
+        measure(loops)
+        if a.compile:  # last: inductor's compile workers keep using the CPU afterwards
+            measure({"a_vaerun_compiled": bench_vaerun(tmp, a.batch_size, a.device, a.threads,
+                                                       True),
+                     "c_bare_compiled": bench_bare(x, a.batch_size, True)})
         mm = matmul_throughput(device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     flops = model_flops_per_epoch(n)
     floor = flops / (mm["square_2048"] * 1e9)
+    logging_cost = (rows["a_vaerun"]["seconds_per_epoch"]
+                    / rows["a_vaerun_no_train_logging"]["seconds_per_epoch"] - 1)
     result = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -241,7 +278,10 @@ def main() -> int:
         "model_gflop_per_epoch": flops / 1e9, "matmul_gflops": mm,
         "matmul_floor_seconds_per_epoch": floor,
         "ratios": {"a_over_c": rows["a_vaerun"]["seconds_per_epoch"]
-                   / rows["c_bare"]["seconds_per_epoch"]},
+                   / rows["c_bare"]["seconds_per_epoch"],
+                   "a_over_c_fused_adam": rows["a_vaerun"]["seconds_per_epoch"]
+                   / rows["c_bare_fused_adam"]["seconds_per_epoch"]},
+        "logging_cost": logging_cost,
     }
     if "b_reference" in rows:
         result["ratios"]["a_over_b"] = (rows["a_vaerun"]["seconds_per_epoch"]
@@ -257,7 +297,8 @@ def main() -> int:
         ev = f"{r['test_eval_seconds']:.3f}" if "test_eval_seconds" in r else "-"
         print(f"{name:22} {r['seconds_per_epoch']:8.3f} {r['images_per_second']:9.0f} "
               f"{r['fraction_of_matmul_peak']:8.1%} {ev:>11} {r['peak_rss_mb']:11.0f}")
-    print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in result["ratios"].items()))
+    print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in result["ratios"].items())
+          + f"; logging costs {logging_cost:+.1%}")
     print(f"model: {flops / 1e9:.1f} GFLOP/epoch; torch.mm: {mm['square_2048']:.1f} GFLOP/s "
           f"(2048² square), {mm['model_shapes_128x784x400']:.1f} GFLOP/s (128x784x400); "
           f"matmul floor {floor:.3f} s/epoch")

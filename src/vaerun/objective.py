@@ -20,8 +20,10 @@ from torch.distributions import kl_divergence
 from vaerun.model import VAE
 
 
-def elbo_terms(vae: VAE, x: Tensor, beta: float) -> dict[str, Tensor]:
-    """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached."""
+def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True) -> dict[str, Tensor]:
+    """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached.
+    `bce=False` skips the BCE diagnostic: its logs cost as much as a third of a training step,
+    so the training loop computes it only on the steps it logs."""
     q = vae.posterior(x)
     z = q.rsample()
     out = vae.decode(z)
@@ -31,38 +33,43 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float) -> dict[str, Tensor]:
     loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
     with torch.no_grad():
         mean = lik.mean(out)
-        return {
+        terms = {
             "loss": loss,
             "elbo": log_px_z - kl,
             "log_px_z": log_px_z,
             "kl": kl,
             "mse": (mean - x).square().mean(-1),
-            "bce": F.binary_cross_entropy(mean, x, reduction="none").sum(-1),
             **lik.terms(out, x),
         }
+        if bce:
+            terms["bce"] = F.binary_cross_entropy(mean, x, reduction="none").sum(-1)
+        return terms
 
 
 class Meter:
-    """Sums per-image terms on their device (no host sync per step); `means()` syncs once."""
+    """Sums per-image terms on their device (no host sync per step); `means()` syncs once.
+    Each step costs three ops: the terms stacked to [B, K], summed over images, added."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
+        self.sums: dict[tuple[str, ...], Tensor] = {}  # keyed by the set of terms of a step
+        self.counts: dict[tuple[str, ...], int] = {}
 
     def add(self, terms: dict[str, Tensor]) -> None:
-        for k, v in terms.items():
-            s = v.detach().sum()
-            self.sums[k] = self.sums[k] + s if k in self.sums else s
-        self.count += len(terms["loss"])
+        keys = tuple(terms)
+        s = torch.stack([v.detach() for v in terms.values()], 1).sum(0)
+        self.sums[keys] = self.sums[keys] + s if keys in self.sums else s
+        self.counts[keys] = self.counts.get(keys, 0) + len(terms["loss"])
 
     def means(self) -> dict[str, float]:
         """Means per image; with a Gaussian likelihood also `sigma_optimal` = sqrt(mse), the σ
         that maximises the Gaussian likelihood of these reconstructions."""
-        if not self.count:
-            return {}
-        keys = list(self.sums)
-        values = (torch.stack([self.sums[k] for k in keys]) / self.count).tolist()
-        out = dict(zip(keys, values, strict=True))
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for keys, s in self.sums.items():
+            for k, v in zip(keys, s.tolist(), strict=True):
+                totals[k] = totals.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + self.counts[keys]
+        out = {k: totals[k] / counts[k] for k in totals}
         if "sigma" in out:
             out["sigma_optimal"] = math.sqrt(out["mse"]) if out["mse"] >= 0 else math.nan
         return out

@@ -186,7 +186,8 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 started = time.perf_counter()
                 for b in range(progress.batch, steps_per_epoch):
                     x = data.batch(progress.perm[b * bs: (b + 1) * bs], gen)
-                    terms = terms_of(vae, x, cfg.beta)
+                    logging_step = (progress.step + 1) % t.log_every == 0
+                    terms = terms_of(vae, x, cfg.beta, logging_step)
                     loss = terms["loss"].mean()
                     if (progress.step + 1) % check_every == 0 and not torch.isfinite(loss):
                         raise NonFiniteError(_nonfinite_message(terms, epoch, progress.step + 1,
