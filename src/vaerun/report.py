@@ -296,6 +296,7 @@ def plot_samples(path: Path, groups: list[Group]) -> None:
         if not ckpt.exists():
             continue
         state = checkpoint.load(ckpt)
+        state["config"]["trainer"]["device"] = "cpu"  # a GPU run's pictures, on any machine
         cfg = typed(OmegaConf.create(state["config"]))
         cfg.dataset.n_train, cfg.dataset.n_test = 1, 8
         data, vae = build(cfg, torch.device("cpu"))
