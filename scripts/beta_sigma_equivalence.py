@@ -43,7 +43,7 @@ def main() -> int:
         run = a.out / "AB"[i]
         cmd = [sys.executable, "-m", "vaerun", "train", *common, *overrides,
                f"hydra.run.dir={run}"]
-        print("$", " ".join(cmd[1:]), flush=True)
+        print("$ python", " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
             return 1
         results[label] = json.loads((run / "metrics.json").read_text())

@@ -267,6 +267,10 @@ def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
 
 
 def _hint(cfg: RunConfig) -> str:
+    lik = cfg.likelihood
+    if getattr(lik, "variance", None) in ("per_pixel", "decoder") and lik.min_log_sigma is None:
+        return ("the last good checkpoint is kept; per-pixel sigmas need a lower bound: set "
+                "likelihood.min_log_sigma (e.g. -6), else sigma -> 0 on always-black pixels")
     return (f"the last good checkpoint is kept; try a smaller optimizer.lr "
             f"(now {cfg.optimizer['lr']:g})")
 
