@@ -42,8 +42,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(lines) if lines else type(e).__name__
 
 
-ALWAYS_EXCLUDED = ["trainer.resume", "trainer.device", "trainer.threads", "hydra.launcher.n_jobs"]
 EXCLUDE_KEY = "hydra.job.config.override_dirname.exclude_keys"
+
+
+def always_excluded() -> list[str]:
+    """The keys conf/train.yaml always leaves out of job folder names (trainer.resume, ...)."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    conf = OmegaConf.load(str(resources.files(CONFIG_MODULE) / "train.yaml"))
+    return list(OmegaConf.select(conf, EXCLUDE_KEY))
 
 
 def name_by_swept_keys(args: list[str]) -> list[str]:
@@ -59,7 +68,7 @@ def name_by_swept_keys(args: list[str]) -> list[str]:
         return args
     constant = [o.key_or_group for o in parsed
                 if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-    keys = list(dict.fromkeys(ALWAYS_EXCLUDED + constant))
+    keys = list(dict.fromkeys(always_excluded() + constant))
     return [*args, f"{EXCLUDE_KEY}=[{','.join(keys)}]"]
 
 

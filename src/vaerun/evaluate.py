@@ -103,10 +103,10 @@ def bits_per_dim(nll: float, data: Dataset, lik: Likelihood) -> tuple[float | No
                   "them; set dataset.dequantize=true for bits/dim")
 
 
-def final_metrics(vae: VAE, data: Dataset, cfg: Any, progress: bool = True) -> dict[str, float]:
-    """Every metric of the module docstring, for the test set."""
+def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims: Tensor,
+                  progress: bool = True) -> dict[str, float]:
+    """Every metric of the module docstring, for the test set (given its posterior_stats)."""
     e = cfg.eval
-    variances, kl_dims = posterior_stats(vae, data.test, e.batch_size)
     out: dict[str, float] = {
         "active_units": float((variances > ACTIVE_THRESHOLD).sum()),
         "kl_dim_max": kl_dims.max().item(),
@@ -124,9 +124,11 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, progress: bool = True) -> d
 
 
 def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
-                   n_images: int = 2000) -> None:
-    """All pictures into TensorBoard (images tab) and as PNGs under the run's images/."""
-    _, kl_dims = posterior_stats(vae, data.test[:n_images], 1000)
+                   kl_dims: Tensor | None = None, n_images: int = 2000) -> None:
+    """All pictures into TensorBoard (images tab) and as PNGs under the run's images/;
+    traversals follow the most used latent dims (kl_dims, else measured on n_images)."""
+    if kl_dims is None:
+        _, kl_dims = posterior_stats(vae, data.test[:n_images], 1000)
     for name, grid in all_pictures(vae, data.test[:n_images], kl_dims).items():
         runlog.writer.add_image(f"images/{name}", grid, step)
         save_png(grid, runlog.run_dir / "images" / f"{name}.png")
@@ -134,10 +136,11 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
 
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
                  progress: bool = True) -> dict[str, float]:
-    metrics = final_metrics(vae, data, cfg, progress)
+    variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
+    metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress)
     runlog.scalars("test", metrics, step)
     runlog.update_split("test", metrics)
-    write_pictures(vae, data, runlog, step)
+    write_pictures(vae, data, runlog, step, kl_dims)
     runlog.flush()
     return metrics
 

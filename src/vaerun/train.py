@@ -171,7 +171,7 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     check_every = 1 if device.type == "cpu" else t.log_every  # host syncs are free on CPU only
     log.info("training %s: %d images, %d epochs of %d steps, on %s (%d threads)", run_dir, n,
              t.epochs, steps_per_epoch, device, torch.get_num_threads())
-    # torch.compile fuses the ELBO's elementwise work into fewer kernels (see README, Performance)
+    # optional: on this project's CPU it gave no reliable gain (README, Performance)
     terms_of = torch.compile(elbo_terms) if t.compile else elbo_terms
     vae.train()
     try:
@@ -233,8 +233,9 @@ def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 done = progress.epoch >= t.epochs
                 if not done:
                     write_pictures(vae, data, runlog, progress.step)
-                    record("interrupted" if stop["signum"] is not None else "running")
-                    save("interrupted" if stop["signum"] is not None else "running")
+                    status = "interrupted" if stop["signum"] is not None else "running"
+                    record(status)
+                    save(status)
                     if stop["signum"] is not None:
                         raise Interrupted(stop["signum"])
         final = evaluate_run(vae, data, cfg, runlog, progress.step)
