@@ -137,7 +137,7 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
     from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from vaerun.config import typed
+    from vaerun.assemble import typed
     from vaerun.train import train
 
     conf = resources.files("vaerun.conf")

@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from vaerun.data import MNIST, MNISTBinary
-from vaerun.evaluate import bits_per_dim, iwae_nll, log_weights, posterior_stats
+from vaerun.evaluate import iwae_nll, log_weights, posterior_stats
 from vaerun.likelihoods import Gaussian, Likelihood
 from vaerun.model import MLP, VAE
 from vaerun.objective import seeded
@@ -124,11 +124,11 @@ def test_bits_per_dim_by_hand():
     deq = MNIST(MNIST.Config(n_train=1, n_test=1, dequantize=True))
     bern = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 784)
     gauss = Likelihood.lookup("gaussian")(Likelihood.lookup("gaussian").Config(), 784)
-    assert bits_per_dim(100.0, binary, bern)[0] == pytest.approx(100 / (784 * math.log(2)))
-    assert bits_per_dim(-2000.0, deq, gauss)[0] == pytest.approx(
+    assert bern.bits_per_dim(100.0, binary.values)[0] == pytest.approx(100 / (784 * math.log(2)))
+    assert gauss.bits_per_dim(-2000.0, deq.values)[0] == pytest.approx(
         (-2000 + 784 * math.log(256)) / (784 * math.log(2)))
     for data, lik in ((grey, bern), (deq, bern), (grey, gauss), (binary, gauss)):
-        value, why = bits_per_dim(100.0, data, lik)
+        value, why = lik.bits_per_dim(100.0, data.values)
         assert value is None and why
 
 
@@ -180,7 +180,7 @@ def test_images_and_hparams_in_tensorboard(vaerun, tmp_path):
     start = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["likelihood"].string_value == "gaussian"
-    assert start.hparams["sigma"].number_value == pytest.approx(0.3)
+    assert start.hparams["likelihood.sigma"].number_value == pytest.approx(0.3)
     assert start.hparams["lr"].number_value == pytest.approx(1e-3)
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
     # no extra run directory, as SummaryWriter.add_hparams would make

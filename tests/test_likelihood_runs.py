@@ -12,9 +12,8 @@ from conftest import SMALL
 from omegaconf import OmegaConf
 from torch.distributions import Bernoulli, ContinuousBernoulli, Laplace, Normal
 
-from vaerun.config import typed
+from vaerun.assemble import build, typed
 from vaerun.objective import seeded
-from vaerun.train import build
 
 
 def direct(name: str, cfg, lik, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,10 @@
 `train` is a Hydra app (configs in the package, pkg://vaerun.conf). Before Hydra starts, every
 job of the command (each point of a sweep) is composed and validated, so a typo or a bad value
 stops with one `error:` line and exit status 2 before any training.
+
+This is the only module that reads argv, prints `error:` lines and turns exceptions into exit
+statuses. Its imports of vaerun's stages (and so of torch) sit inside the functions, on purpose:
+`vaerun --help` and a refused command answer without loading torch.
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def validate(args: list[str], multirun: bool) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from vaerun.config import typed
+    from vaerun.assemble import typed
     from vaerun.errors import UserError
 
     try:
@@ -132,7 +136,7 @@ def _log_to_file(log: logging.Logger, msg: str) -> None:
 def _train_task(cfg) -> int:
     from hydra.core.hydra_config import HydraConfig
 
-    from vaerun.config import typed
+    from vaerun.assemble import typed
     from vaerun.errors import Interrupted, NonFiniteError, UserError
     from vaerun.train import train
 
@@ -180,6 +184,78 @@ def train_main(args: list[str]) -> int:
     return max(EXIT_CODES, default=0)
 
 
+def key_values(args: list[str], usage: str) -> dict[str, str]:
+    """`key=value` arguments as a dict; anything else is a UserError showing `usage`."""
+    from vaerun.errors import UserError
+
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise UserError(f"{bad[0]!r} is not key=value; usage: {usage}")
+    return dict(a.split("=", 1) for a in args)
+
+
+EVAL_USAGE = "vaerun eval run_dir=PATH [eval.iwae_k=K] [trainer.device=cpu]"
+
+
+def eval_main(args: list[str]) -> int:
+    """`vaerun eval run_dir=PATH [eval.iwae_k=K] [eval.batch_size=N] [trainer.device=...]`."""
+    from vaerun.errors import UserError
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
+                        stream=sys.stdout)
+    try:
+        pairs = key_values(args, EVAL_USAGE)
+        if not pairs.get("run_dir"):
+            raise UserError(f"run_dir is required: {EVAL_USAGE}")
+        run_dir = Path(pairs.pop("run_dir"))
+        if not run_dir.is_dir():
+            raise UserError(f"run_dir={run_dir} is not a directory; give a run directory "
+                            "made by vaerun train")
+        metrics = _evaluate(run_dir, pairs)
+    except UserError as e:
+        return error(str(e))
+    for k, v in metrics.items():
+        print(f"test/{k} = {v:.6g}")
+    print(f"merged into {run_dir / 'metrics.json'} and its TensorBoard events")
+    return 0
+
+
+def _evaluate(run_dir: Path, overrides: dict[str, str]) -> dict[str, float]:
+    from vaerun.assemble import load_run
+    from vaerun.evaluate import evaluate_run
+    from vaerun.logs import RunLog
+
+    cfg, data, vae, state = load_run(run_dir, overrides)
+    runlog = RunLog(run_dir)
+    try:
+        return evaluate_run(vae, data, cfg, runlog, state["step"])
+    finally:
+        runlog.close()
+
+
+REPORT_USAGE = "vaerun report sweep_dir=PATH"
+
+
+def report_main(args: list[str]) -> int:
+    """`vaerun report sweep_dir=PATH`."""
+    from vaerun.errors import UserError
+    from vaerun.report import report
+
+    try:
+        pairs = key_values(args, REPORT_USAGE)
+        extra = [k for k in pairs if k != "sweep_dir"]
+        if extra:
+            raise UserError(f"unexpected argument {extra[0]!r}; usage: {REPORT_USAGE}")
+        if not pairs.get("sweep_dir"):
+            raise UserError(f"sweep_dir is required: {REPORT_USAGE}")
+        paths = report(Path(pairs["sweep_dir"]))
+    except UserError as e:
+        return error(str(e))
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -194,11 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train":
         return train_main(rest)
     if command == "eval":
-        from vaerun.evaluate import eval_main
-
         return eval_main(rest)
     if command == "report":
-        from vaerun.report import report_main
-
         return report_main(rest)
     return error(f"unknown command {command!r}; choose train, eval or report (vaerun --help)")

@@ -1,21 +1,30 @@
-"""Config schemas and start-up validation.
+"""Config schemas and start-up validation: the bottom of the house (it imports no stage).
 
 Hydra composes `conf/train.yaml`; `typed(cfg)` merges each part onto its dataclass schema (a
 wrong type or an unknown key fails here, before any data is read) and runs each schema's
-`check()` for ranges. Pluggable parts (dataset, likelihood, model) register themselves by `name`
-and carry their own `Config`, so a new one is one small class plus one yaml file.
+`check()` for ranges. Pluggable parts (dataset, likelihood, model) subclass `Registered`: each
+registers itself by `name` in its group's registry and carries its own `Config`, so a new one is
+one small class plus one yaml file. The part modules fill the registries; whoever assembles a
+run imports them (vaerun.assemble) before calling `typed`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaerun.errors import ConfigError
+
+REGISTRIES: dict[str, dict[str, type]] = {}  # group -> {name: class}, filled by the parts
+
+
+def is_number(value: Any) -> bool:
+    """A real int or float (not a bool, which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -25,12 +34,13 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def require_positive(key: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    ok = is_number(value) and math.isfinite(value) and value > 0
     require(ok, key, value, "must be a finite number > 0")
 
 
 def require_at_least(key: str, value: Any, low: int) -> None:
-    require(isinstance(value, int) and value >= low, key, value, f"must be an integer >= {low}")
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    require(ok, key, value, f"must be an integer >= {low}")
 
 
 class Registered:
@@ -44,7 +54,8 @@ class Registered:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "registry" in cls.__dict__:
+        if "registry" in cls.__dict__:  # a group's base class: its registry is the group's
+            REGISTRIES[cls.group] = cls.registry
             return
         if cls.__dict__.get("name"):
             cls.registry[cls.name] = cls
@@ -55,10 +66,24 @@ class Registered:
 
     @classmethod
     def lookup(cls, name: str) -> type:
-        if name not in cls.registry:
-            options = ", ".join(sorted(cls.registry))
-            raise ConfigError(f"{cls.group}.name", name, f"choose one of: {options}")
-        return cls.registry[name]
+        return lookup(cls.group, name)
+
+    @staticmethod
+    def hparams(cfg: Any) -> dict[str, Any]:
+        """The keys of this part's config worth comparing runs by: every scalar key."""
+        return {f.name: _plain(getattr(cfg, f.name)) for f in fields(cfg)}
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)  # enums as their strings
+
+
+def lookup(group: str, name: Any) -> type:
+    """The registered class `name` of config group `group`."""
+    registry = REGISTRIES[group]
+    if name not in registry:
+        raise ConfigError(f"{group}.name", name, f"choose one of: {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def _to_schema(key: str, node: Any, schema: type) -> Any:
@@ -77,10 +102,10 @@ def _to_schema(key: str, node: Any, schema: type) -> Any:
     return obj
 
 
-def typed_group(key: str, node: Any, base: type[Registered]) -> Any:
+def typed_group(key: str, node: Any) -> Any:
     """The checked Config instance of the registered part that `node.name` names."""
     name = node.get("name") if isinstance(node, DictConfig) else None
-    cls = base.lookup(name)
+    cls = lookup(key, name)
     obj = _to_schema(key, node, cls.Config)
     cls.validate(obj, key)
     return obj
@@ -109,9 +134,6 @@ class TrainerConfig:
         devices = ("auto", "cpu", "cuda", "mps")
         ok = self.device in devices or self.device.startswith("cuda:")
         require(ok, f"{key}.device", self.device, "choose auto, cpu, cuda, cuda:N or mps")
-        from vaerun.train import resolve_device
-
-        resolve_device(self.device)  # CUDA asked for but absent fails here, before any run
 
 
 @dataclass
@@ -127,7 +149,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    """The whole run, typed and checked: what train() and evaluate() read."""
+    """The whole run, typed and checked: what training and evaluation read."""
 
     dataset: Any
     likelihood: Any
@@ -140,14 +162,11 @@ class RunConfig:
 
 
 def typed(cfg: DictConfig) -> RunConfig:
-    """Validate a composed config (no `hydra` node needed) and return its typed form."""
-    from vaerun.data import Dataset
-    from vaerun.likelihoods import Likelihood
-    from vaerun.model import Model
-
+    """Validate a composed config (no `hydra` node needed) and return its typed form.
+    The part modules must be imported first (they fill the registries)."""
     beta = cfg.get("beta")
-    require_nonneg = isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0
-    require(require_nonneg, "beta", beta, "must be a finite number >= 0")
+    require(is_number(beta) and math.isfinite(beta) and beta >= 0, "beta", beta,
+            "must be a finite number >= 0")
     opt = cfg.get("optimizer")
     require(isinstance(opt, DictConfig) and "_target_" in opt, "optimizer", opt,
             "choose one of the optimizer configs (adam, adamw, sgd, rmsprop)")
@@ -155,12 +174,26 @@ def typed(cfg: DictConfig) -> RunConfig:
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     plain.pop("hydra", None)
     return RunConfig(
-        dataset=typed_group("dataset", cfg.get("dataset"), Dataset),
-        likelihood=typed_group("likelihood", cfg.get("likelihood"), Likelihood),
-        model=typed_group("model", cfg.get("model"), Model),
+        dataset=typed_group("dataset", cfg.get("dataset")),
+        likelihood=typed_group("likelihood", cfg.get("likelihood")),
+        model=typed_group("model", cfg.get("model")),
         optimizer=OmegaConf.to_container(opt, resolve=True),
         trainer=_to_schema("trainer", cfg.get("trainer"), TrainerConfig),
         eval=_to_schema("eval", cfg.get("eval"), EvalConfig),
         beta=float(beta),
         plain=plain,
     )
+
+
+def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
+    """The hyperparameters runs are compared by (TensorBoard's HParams): every key of each part
+    as the part reports it (`dataset`, `likelihood.sigma`, ...), and the training keys."""
+    out: dict[str, Any] = {}
+    for group in ("dataset", "likelihood", "model"):
+        part = getattr(cfg, group)
+        for k, v in lookup(group, part.name).hparams(part).items():
+            out[group if k == "name" else f"{group}.{k}"] = v
+    t = cfg.trainer
+    out.update(beta=cfg.beta, optimizer=str(cfg.optimizer["_target_"]).rsplit(".", 1)[-1],
+               lr=cfg.optimizer["lr"], seed=seed, epochs=t.epochs, batch_size=t.batch_size)
+    return out

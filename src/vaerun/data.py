@@ -72,7 +72,6 @@ class Dataset(Registered):
     registry: ClassVar[dict[str, type]] = {}
     group = "dataset"
     Config = DataConfig
-    binary: ClassVar[bool] = False  # values are exactly {0, 1}: a Bernoulli is a proper model
     folder: ClassVar[str]  # torchvision's folder name under `root`
     bundled: ClassVar[str | None] = None  # folder inside vaerun/bundled holding a copy
     train_file: ClassVar[str]
@@ -81,6 +80,16 @@ class Dataset(Registered):
 
     sizes: ClassVar[tuple[int, int] | None] = None  # (train, test) images, when always the same
     missing_hint: ClassVar[str] = "set dataset.root=null to use the bundled copy"
+
+    @property
+    def values(self) -> str:
+        """What the pixel values are: "8bit" (the grey levels k/255), "binary" ({0, 1}) or
+        "continuous" (dequantised, (k + u)/256); likelihoods judge their bits/dim by it."""
+        return "8bit"
+
+    @staticmethod
+    def hparams(cfg: DataConfig) -> dict:
+        return {k: v for k, v in Registered.hparams(cfg).items() if k != "download"}
 
     @classmethod
     def validate(cls, cfg: DataConfig, key: str) -> None:
@@ -179,6 +188,10 @@ class MNIST(Dataset):
         # on [0, 1]^D gives a likelihood of the 8-bit data comparable with the literature.
         dequantize: bool = False
 
+    @property
+    def values(self) -> str:
+        return "continuous" if self.cfg.dequantize else "8bit"
+
     def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
         if not self.cfg.dequantize:
             return super().fixed(pixels, split)
@@ -204,12 +217,15 @@ class MNISTBinary(MNIST):
     The test set is binarised once with a fixed seed (or thresholded) so runs compare."""
 
     name = "mnist_binary"
-    binary = True
 
     @dataclass
     class Config(DataConfig):
         name: str = "mnist_binary"
         binarize: Binarize = Binarize.dynamic
+
+    @property
+    def values(self) -> str:
+        return "binary"
 
     def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
         grey = pixels.float().div_(255.0)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,9 +23,7 @@ from torch import Tensor
 from torch.distributions import kl_divergence
 from tqdm import tqdm
 
-from vaerun import checkpoint
 from vaerun.data import Dataset
-from vaerun.likelihoods import Likelihood
 from vaerun.logs import RunLog
 from vaerun.model import VAE
 from vaerun.objective import seeded
@@ -48,9 +45,10 @@ def log_weights(vae: VAE, x: Tensor, k: int) -> Tensor:
 
 @torch.no_grad()
 def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
-             progress: bool = True) -> Tensor:
+             progress: bool = True, poll: Callable[[], None] | None = None) -> Tensor:
     """The k-sample importance-weighted estimate of −log p(x) per image (nats), in memory
-    bounded for any k: samples are drawn in chunks and combined with logaddexp."""
+    bounded for any k: samples are drawn in chunks and combined with logaddexp. `poll()` is
+    called between chunks (it may raise to stop the evaluation)."""
     was_training = vae.training
     vae.eval()
     out_dim = vae.likelihood.params_per_pixel * vae.likelihood.dim
@@ -67,6 +65,8 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
                 for j in range(0, k, chunk):
                     lse = torch.logaddexp(lse, log_weights(vae, xb, min(chunk, k - j)).logsumexp(0))
                     bar.update()
+                    if poll is not None:
+                        poll()
                 nll.append(math.log(k) - lse)
     finally:
         bar.close()
@@ -86,25 +86,9 @@ def posterior_stats(vae: VAE, x: Tensor, batch_size: int) -> tuple[Tensor, Tenso
     return torch.cat(means).var(0), torch.cat(kls).mean(0)
 
 
-def bits_per_dim(nll: float, data: Dataset, lik: Likelihood) -> tuple[float | None, str]:
-    """Bits per dimension of the data, or None and the reason it would mean nothing."""
-    d = data.dim
-    if data.binary:
-        if lik.binary_only:
-            return nll / (d * math.log(2)), ""
-        return None, (f"likelihood={lik.name} is a density on real values and the data are "
-                      "binary, so its nats are no probability of the images")
-    if lik.binary_only:
-        return None, (f"likelihood={lik.name} on grey values is not a normalised density on "
-                      "[0, 1]; use dataset=mnist_binary, or a density with dataset.dequantize=true")
-    if getattr(data.cfg, "dequantize", False):
-        return (nll + d * math.log(256)) / (d * math.log(2)), ""
-    return None, ("grey values k/255 are discrete, so a density's nats are no probability of "
-                  "them; set dataset.dequantize=true for bits/dim")
-
-
 def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims: Tensor,
-                  progress: bool = True) -> dict[str, float]:
+                  progress: bool = True, poll: Callable[[], None] | None = None
+                  ) -> dict[str, float]:
     """Every metric of the module docstring, for the test set (given its posterior_stats)."""
     e = cfg.eval
     out: dict[str, float] = {
@@ -113,9 +97,10 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
         "kl_dim_min": kl_dims.min().item(),
     }
     if e.iwae_k > 0:
-        nll = iwae_nll(vae, data.test, e.iwae_k, e.batch_size, e.seed, progress).mean().item()
+        nll = iwae_nll(vae, data.test, e.iwae_k, e.batch_size, e.seed, progress,
+                       poll).mean().item()
         out.update(nll_iwae=nll, iwae_k=float(e.iwae_k))
-        bpd, why = bits_per_dim(nll, data, vae.likelihood)
+        bpd, why = vae.likelihood.bits_per_dim(nll, data.values)
         if bpd is None:
             log.info("no test/bits_per_dim: %s", why)
         else:
@@ -135,73 +120,16 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
 
 
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
-                 progress: bool = True) -> dict[str, float]:
+                 progress: bool = True, poll: Callable[[], None] | None = None
+                 ) -> dict[str, float]:
+    """Every metric of the module docstring, into TensorBoard and metrics.json, and the
+    pictures; `poll()` is called at safe points (it may raise to stop)."""
+    if poll is not None:
+        poll()
     variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
-    metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress)
+    metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress, poll)
     runlog.scalars("test", metrics, step)
     runlog.update_split("test", metrics)
     write_pictures(vae, data, runlog, step, kl_dims)
     runlog.flush()
     return metrics
-
-
-EVAL_KEYS = ("eval.", "trainer.device", "trainer.threads")
-
-
-def eval_main(args: list[str]) -> int:
-    """`vaerun eval run_dir=PATH [eval.iwae_k=K] [eval.batch_size=N] [trainer.device=...]`."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from vaerun.cli import error
-    from vaerun.config import typed
-    from vaerun.errors import UserError
-    from vaerun.train import build, resolve_device
-
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
-                        stream=sys.stdout)
-    try:
-        bad = [a for a in args if "=" not in a]
-        if bad:
-            raise UserError(f"{bad[0]!r} is not key=value; usage: vaerun eval run_dir=PATH "
-                            "[eval.iwae_k=K]")
-        pairs = dict(a.split("=", 1) for a in args)
-        if not pairs.get("run_dir"):
-            raise UserError("run_dir is required: vaerun eval run_dir=PATH [eval.iwae_k=K]")
-        run_dir = Path(pairs.pop("run_dir"))
-        if not run_dir.is_dir():
-            raise UserError(f"run_dir={run_dir} is not a directory; give a run directory "
-                            "made by vaerun train")
-        ckpt = checkpoint.checkpoint_path(run_dir)
-        if not ckpt.exists():
-            raise UserError(f"run_dir={run_dir} holds no checkpoint ({ckpt}); give a run "
-                            "directory made by vaerun train")
-        for key in pairs:
-            if not key.startswith(EVAL_KEYS):
-                raise UserError(f"{key} cannot change at evaluation; only eval.* and "
-                                "trainer.device, trainer.threads")
-        state = checkpoint.load(ckpt)
-        saved = OmegaConf.create(state["config"])
-        OmegaConf.set_struct(saved, True)
-        try:
-            merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(
-                [f"{k}={v}" for k, v in pairs.items()]))
-        except OmegaConfBaseException as e:
-            raise UserError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
-        cfg = typed(merged)
-        device = resolve_device(cfg.trainer.device)
-        if cfg.trainer.threads:
-            torch.set_num_threads(cfg.trainer.threads)
-        data, vae = build(cfg, device)
-        vae.load_state_dict(state["model"])
-        runlog = RunLog(run_dir)
-        try:
-            metrics = evaluate_run(vae, data, cfg, runlog, state["step"])
-        finally:
-            runlog.close()
-    except UserError as e:
-        return error(str(e))
-    for k, v in metrics.items():
-        print(f"test/{k} = {v:.6g}")
-    print(f"merged into {run_dir / 'metrics.json'} and its TensorBoard events")
-    return 0

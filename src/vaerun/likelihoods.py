@@ -46,13 +46,17 @@ class LikelihoodConfig:
 
 
 class Likelihood(Registered, nn.Module):
-    """p(x|z) from the decoder output `out` of shape [B, params_per_pixel * D]."""
+    """p(x|z) from the decoder output `out` of shape [B, params_per_pixel * D].
+
+    `support` says what p(x|z) is normalised over, and so which data its nats are a probability
+    of: "binary" (a mass function on {0, 1}^D), "8bit" (a mass function on the 256 grey levels
+    k/255) or "real" (a density). Data say the same of themselves with `Dataset.values`."""
 
     registry: ClassVar[dict[str, type]] = {}
     group = "likelihood"
     Config = LikelihoodConfig
     params_per_pixel: ClassVar[int] = 1
-    binary_only: ClassVar[bool] = False  # a normalised density on {0,1}^D only (not on grey)
+    support: ClassVar[str] = "real"
 
     def __init__(self, cfg: LikelihoodConfig, dim: int):
         nn.Module.__init__(self)
@@ -79,6 +83,43 @@ class Likelihood(Registered, nn.Module):
         """Optimiser groups for parameters that need their own learning rate."""
         return []
 
+    # -- what the training loop and the evaluation ask of a likelihood ------------------------
+    def explain(self, values: str) -> str | None:
+        """A one-time note on what this likelihood is for data whose values are `values`."""
+        if self.support == "binary" and values != "binary":
+            return (f"likelihood={self.name} on grey values: log p(x|z) = -BCE is not a "
+                    "normalised density on [0, 1], so its nats are not a log-likelihood of this "
+                    "data; use likelihood=continuous_bernoulli or dataset=mnist_binary")
+        return None
+
+    def nonfinite_hint(self) -> str | None:
+        """What to change when the loss goes non-finite, if this likelihood knows (else None)."""
+        return None
+
+    def bits_per_dim(self, nll: float, values: str) -> tuple[float | None, str]:
+        """Bits per dimension of data whose values are `values` ("binary", "8bit" or
+        "continuous": dequantised to (k + u)/256), from an nll in nats per image; or None and
+        the reason why it would mean nothing."""
+        d, ln2 = self.dim, math.log(2)
+        if values == "binary":
+            if self.support == "binary":
+                return nll / (d * ln2), ""
+            return None, (f"likelihood={self.name} is not a distribution over binary images, "
+                          "so its nats are no probability of these data")
+        if self.support == "binary":
+            return None, (f"likelihood={self.name} on grey values is not a normalised density "
+                          "on [0, 1]; use dataset=mnist_binary, or a density with "
+                          "dataset.dequantize=true")
+        if values == "8bit":
+            if self.support == "8bit":
+                return nll / (d * ln2), ""
+            return None, ("grey values k/255 are discrete, so a density's nats are no "
+                          "probability of them; set dataset.dequantize=true for bits/dim")
+        if self.support == "real":  # x = (k + u)/256: p(k) >= density * (1/256)^D
+            return (nll + d * math.log(256)) / (d * ln2), ""
+        return None, (f"likelihood={self.name} is a distribution over the 256 grey levels; the "
+                      "data are dequantised: set dataset.dequantize=false")
+
 
 class Bernoulli(Likelihood):
     """log p(x|z) = Σ x log μ + (1−x) log(1−μ) = −BCE(μ, x), μ = sigmoid(out). A normalised
@@ -86,7 +127,7 @@ class Bernoulli(Likelihood):
     continuous_bernoulli)."""
 
     name = "bernoulli"
-    binary_only = True
+    support = "binary"
 
     @dataclass
     class Config(LikelihoodConfig):
@@ -153,6 +194,14 @@ class Gaussian(Likelihood):
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.sigma", self.sigma)
+
+    def explain(self, values: str) -> str | None:
+        if self.cfg.reduction != Reduction.mean:
+            return super().explain(values)
+        return ("likelihood.reduction=mean: the loss is F.mse_loss(x_hat, x) (mean over pixels) "
+                f"+ KL, which is a Gaussian with sigma^2 = D/2 = {self.dim / 2:g} (sigma = "
+                f"{math.sqrt(self.dim / 2):.4g}); likelihood.sigma is ignored and log_px_z, elbo "
+                "are those of that model")
 
     def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
         """log σ, broadcastable to [B, D]."""
@@ -228,6 +277,13 @@ class GaussianLearned(Gaussian):
         # per-pixel MSE, so the test likelihood is that of a fixed model, never fitted to test data.
         self.register_buffer("mse_avg", torch.zeros(()))
         self.register_buffer("mse_weight", torch.zeros(()))
+
+    def nonfinite_hint(self) -> str | None:
+        if self.cfg.variance in (Variance.per_pixel, Variance.decoder) and \
+                self.cfg.min_log_sigma is None:
+            return ("per-pixel sigmas need a lower bound: set likelihood.min_log_sigma (e.g. -6), "
+                    "else sigma -> 0 on always-black pixels")
+        return None
 
     def bounded(self, raw: Tensor) -> Tensor:
         """Soft lower bound: m + softplus(raw − m) ≥ m, ≈ raw well above m."""

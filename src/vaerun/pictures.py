@@ -48,7 +48,7 @@ def traversals(vae: VAE, x: Tensor, dims: list[int], steps: int = 9, span: float
 
 def kl_bar_chart(kl_dims: Tensor) -> Tensor:
     """A bar chart of the mean KL of each latent dimension, as a [3, H, W] image in [0, 1]."""
-    import matplotlib
+    import matplotlib  # here, not at the top: only runs that draw pay for its import
     import matplotlib.ticker
 
     matplotlib.use("Agg")

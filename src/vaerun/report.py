@@ -3,7 +3,8 @@
 Reads every run under PATH (its metrics.json, its .hydra/overrides.yaml, its TensorBoard events
 and checkpoint), groups the runs that differ only in `trainer.seed`, and writes into PATH:
 report.csv and report.md (mean and std over seeds of every test metric, n), rate_distortion.png,
-sweep.png, curves.png and samples.png.
+sweep.png, curves.png and samples.png. matplotlib, TensorBoard and torch are imported inside
+the functions that draw, so a report of nothing fails fast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from vaerun import checkpoint
 from vaerun.atomic import read_json, write_atomic
+from vaerun.errors import UserError
 
 log = logging.getLogger("vaerun")
 
@@ -281,12 +284,9 @@ def plot_samples(path: Path, groups: list[Group]) -> None:
     """Per group (its first finished run): 8 prior samples, then 8 test images' reconstructions."""
     import matplotlib.pyplot as plt
     import torch
-    from omegaconf import OmegaConf
 
-    from vaerun import checkpoint
-    from vaerun.config import typed
+    from vaerun.assemble import load_run  # torch and the parts, only where pictures are drawn
     from vaerun.pictures import reconstructions, samples
-    from vaerun.train import build
 
     fig, axes = plt.subplots(len(groups), 1, figsize=(12, 1.2 * len(groups) + 0.3), squeeze=False)
     for ax, g in zip(axes[:, 0], groups, strict=True):
@@ -295,12 +295,8 @@ def plot_samples(path: Path, groups: list[Group]) -> None:
         ckpt = checkpoint.checkpoint_path(g.runs[0].path)
         if not ckpt.exists():
             continue
-        state = checkpoint.load(ckpt)
-        state["config"]["trainer"]["device"] = "cpu"  # a GPU run's pictures, on any machine
-        cfg = typed(OmegaConf.create(state["config"]))
-        cfg.dataset.n_train, cfg.dataset.n_test = 1, 8
-        data, vae = build(cfg, torch.device("cpu"))
-        vae.load_state_dict(state["model"])
+        # on the CPU: a GPU run's pictures, on any machine
+        _, data, vae, _ = load_run(g.runs[0].path, device="cpu", n_test=8)
         vae.eval()
         s = samples(vae, 8)[:, :32]  # the first row of the 8x8 grid
         rec = reconstructions(vae, data.test[:8])[:, 30:]  # the reconstructions row
@@ -314,8 +310,6 @@ def report(sweep_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    from vaerun.errors import UserError
-
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise UserError(f"sweep_dir={sweep_dir} is not a directory; give a multirun directory "
@@ -339,23 +333,3 @@ def report(sweep_dir: Path) -> list[Path]:
         plot_curves(out["curves.png"], groups)
         plot_samples(out["samples.png"], groups)
     return [p for p in out.values() if p.exists()]
-
-
-def report_main(args: list[str]) -> int:
-    from vaerun.cli import error
-    from vaerun.errors import UserError
-
-    try:
-        pairs = dict(a.split("=", 1) for a in args if "=" in a)
-        extra = [a for a in args if "=" not in a] + [k for k in pairs if k != "sweep_dir"]
-        if extra:
-            raise UserError(f"unexpected argument {extra[0]!r}; usage: vaerun report "
-                            "sweep_dir=PATH")
-        if not pairs.get("sweep_dir"):
-            raise UserError("sweep_dir is required: vaerun report sweep_dir=PATH")
-        paths = report(Path(pairs["sweep_dir"]))
-    except UserError as e:
-        return error(str(e))
-    for p in paths:
-        print(f"wrote {p}")
-    return 0

@@ -1,283 +1,198 @@
-"""The training loop: config -> data -> model -> ELBO -> Adam steps -> logs and checkpoints.
+"""The training loop, in small steps: start or resume, one epoch, end of epoch, finish.
 
 Data sits in memory on the device; each epoch draws a seeded permutation and slices batches
 from it. Per-step terms are summed on the device and read back every `trainer.log_every` steps.
-Every epoch ends with the test-set ELBO terms (TensorBoard + metrics.json) and a checkpoint.
+Every epoch ends with the test-set ELBO terms (TensorBoard + metrics.json) and a checkpoint;
+the run ends with the evaluation of vaerun.evaluate. Stop signals are honoured from start-up to
+the last write. The loop knows no likelihood: it asks the parts what to say.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from tqdm import tqdm
 
-from vaerun import checkpoint
+from vaerun import assemble
+from vaerun.assemble import Session
 from vaerun.atomic import read_json
-from vaerun.config import RunConfig
-from vaerun.data import Dataset
-from vaerun.errors import ConfigError, Interrupted, NonFiniteError, UserError
+from vaerun.config import RunConfig, hparams
+from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.evaluate import evaluate_run, write_pictures
-from vaerun.likelihoods import Likelihood
 from vaerun.logs import RunLog
-from vaerun.model import VAE
 from vaerun.objective import Meter, elbo_terms, evaluate
+from vaerun.signals import StopRequests
 
 log = logging.getLogger("vaerun")
 
-GUARDED = ("log_px_z", "kl", "sigma")  # the terms named when the loss goes non-finite
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", name, "CUDA is not available here; use "
-                          "trainer.device=cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device", name, "MPS is not available here; use cpu or auto")
-    return torch.device(name)
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM set a flag that the loop checks after each step (a second one aborts)."""
-    flag: dict[str, int | None] = {"signum": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag["signum"] is not None:
-            raise KeyboardInterrupt
-        flag["signum"] = signum
-        log.warning("signal %d: finishing this step, then writing the checkpoint", signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@dataclass
-class Progress:
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps so far
-    batch: int = 0  # next batch within the current epoch
-    perm: torch.Tensor | None = None  # the current epoch's data order
-    seconds: float = 0.0  # training time so far, resumes included
-
-
-def explain(cfg: RunConfig, data: Dataset, lik: Likelihood) -> None:
-    """One-time notes on what the chosen likelihood really is for this data."""
-    if lik.binary_only and not data.binary:
-        log.warning("likelihood=%s on grey values: log p(x|z) = -BCE is not a normalised density "
-                    "on [0, 1], so its nats are not a log-likelihood of this data; use "
-                    "likelihood=continuous_bernoulli or dataset=mnist_binary", lik.name)
-    if getattr(cfg.likelihood, "reduction", "sum") == "mean":
-        log.warning("likelihood.reduction=mean: the loss is F.mse_loss(x_hat, x) (mean over "
-                    "pixels) + KL, which is a Gaussian with sigma^2 = D/2 = %g (sigma = %.4g); "
-                    "likelihood.sigma is ignored and log_px_z, elbo are those of that model",
-                    data.dim / 2, math.sqrt(data.dim / 2))
-
-
-def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
-    data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
-    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim)
-    return data, VAE(cfg.model, lik, data.image_shape).to(device)
-
 
 def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one run in `run_dir`; returns its metrics.json content."""
-    t = cfg.trainer
-    run_dir = Path(run_dir)
-    device = resolve_device(t.device)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.deterministic:
-        # bit-identical reruns on GPU too (CPU kernels already are, at a fixed thread count)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    seed = t.seed if t.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-    torch.manual_seed(seed)
+    """Train one run in `run_dir` (new, or resumed from its checkpoint); returns its
+    metrics.json content. Raises Interrupted after writing the checkpoint on a stop signal."""
+    with StopRequests() as stop:
+        session = assemble.start(cfg, run_dir)
+        if session.finished:
+            log.info("%s is already finished (%d epochs); nothing to do", run_dir,
+                     session.progress.epoch)
+            return read_json(Path(run_dir) / "metrics.json")
+        note = session.vae.likelihood.explain(session.data.values)
+        if note:
+            log.warning(note)
+        p = session.progress
+        runlog = RunLog(run_dir, purge_step=p.step + 1 if session.resumed else None)
+        trainer = Trainer(session, runlog, stop)
+        try:
+            return trainer.run()
+        except NonFiniteError as e:
+            trainer.record("failed", error=str(e))
+            raise
+        finally:
+            runlog.close()
 
-    data, vae = build(cfg, device)
-    explain(cfg, data, vae.likelihood)
-    opt = instantiate(cfg.optimizer, _partial_=True)(vae.param_groups(cfg.optimizer["lr"]))
-    gen = data.generator(seed)
-    progress = Progress()
 
-    ckpt_path = checkpoint.checkpoint_path(run_dir)
-    resumed = ckpt_path.exists()
-    if resumed:
-        if not t.resume:
-            raise UserError(f"{run_dir} already holds a run; add trainer.resume=true to continue "
-                            "it, or choose another hydra.run.dir")
-        state = checkpoint.load(ckpt_path, device)
-        changed = checkpoint.config_changes(state["config"], cfg.plain)
-        if changed:
-            raise UserError(f"the checkpoint in {run_dir} is from another config (differs in "
-                            f"{', '.join(changed)}); resume with its overrides or use another "
-                            "hydra.run.dir")
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        gen.set_state(state["rng"]["data"].cpu())
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
-        seed = state["seed"]
-        progress = Progress(state["epoch"], state["step"], state["batch"], state["perm"],
-                            state["seconds"])
-        if state["status"] == "finished" and progress.epoch >= t.epochs:
-            log.info("%s is already finished (%d epochs); nothing to do", run_dir, progress.epoch)
-            return read_json(run_dir / "metrics.json")
-        log.info("resuming %s at epoch %d, step %d", run_dir, progress.epoch, progress.step)
+class Trainer:
+    """One run's loop over epochs, with its logs and checkpoints."""
 
-    runlog = RunLog(run_dir, purge_step=progress.step + 1 if resumed else None)
+    def __init__(self, session: Session, runlog: RunLog, stop: StopRequests):
+        self.s, self.runlog, self.stop = session, runlog, stop
+        self.cfg, self.p = session.cfg, session.progress
+        self.n, self.bs = len(session.data.train), self.cfg.trainer.batch_size
+        self.steps_per_epoch = math.ceil(self.n / self.bs)
+        # optional: on this project's CPU it gave no reliable gain (README, Performance)
+        self.terms_of = torch.compile(elbo_terms) if self.cfg.trainer.compile else elbo_terms
 
-    def save(status: str) -> None:
-        rng = {"torch": torch.get_rng_state(), "data": gen.get_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        checkpoint.save(ckpt_path, {
-            "model": vae.state_dict(), "optimizer": opt.state_dict(), "rng": rng,
-            "epoch": progress.epoch, "step": progress.step, "batch": progress.batch,
-            "perm": progress.perm, "seconds": progress.seconds, "seed": seed,
-            "status": status, "config": cfg.plain,
-        })
+    def run(self) -> dict[str, Any]:
+        s, t = self.s, self.cfg.trainer
+        if s.resumed:
+            log.info("resuming %s at epoch %d, step %d", s.run_dir, self.p.epoch, self.p.step)
+        else:
+            self.checkpoint("running")  # a last good checkpoint exists from the first step on
+            self.runlog.layout()
+        self.record("running")
+        log.info("training %s: %d images, %d epochs of %d steps, on %s (%d threads)", s.run_dir,
+                 self.n, t.epochs, self.steps_per_epoch, s.device, torch.get_num_threads())
+        s.vae.train()
+        while self.p.epoch < t.epochs:
+            self.halt_if_asked()
+            seconds = self.epoch()
+            self.end_epoch(seconds)
+        return self.finish()
 
-    def record(status: str, **extra: Any) -> None:
-        runlog.update(status=status, epoch=progress.epoch, step=progress.step,
-                      train_seconds=round(progress.seconds, 3), seed=seed, **extra)
+    # -- the steps ----------------------------------------------------------------------------
+    def epoch(self) -> float:
+        """Train from the current position to the end of the epoch (or a stop request);
+        returns the seconds it took."""
+        s, p, t = self.s, self.p, self.cfg.trainer
+        if p.perm is None:
+            p.perm = torch.randperm(self.n, generator=s.gen, device=s.device)
+            p.batch = 0
+        check_every = 1 if s.device.type == "cpu" else t.log_every  # host syncs free on CPU
+        meter = Meter()
+        bar = tqdm(total=self.steps_per_epoch, initial=p.batch, disable=None, leave=False,
+                   desc=f"epoch {p.epoch + 1}/{t.epochs}", dynamic_ncols=True)
+        started = time.perf_counter()
+        for b in range(p.batch, self.steps_per_epoch):
+            x = s.data.batch(p.perm[b * self.bs: (b + 1) * self.bs], s.gen)
+            terms = self.terms_of(s.vae, x, self.cfg.beta, (p.step + 1) % t.log_every == 0)
+            loss = terms["loss"].mean()
+            if (p.step + 1) % check_every == 0 and not torch.isfinite(loss):
+                raise NonFiniteError(self.nonfinite_message(terms, p.step + 1))
+            s.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            s.opt.step()
+            p.step, p.batch = p.step + 1, b + 1
+            meter.add(terms)
+            bar.update()
+            if p.step % t.log_every == 0:
+                meter = self.log_train(meter, terms, bar)
+            if self.stop.requested:
+                break
+        seconds = time.perf_counter() - started
+        p.seconds += seconds
+        bar.close()
+        return seconds
 
-    if not resumed:
-        save("running")  # a last good checkpoint exists from the first step on
-        runlog.layout()
-    record("running")
+    def log_train(self, meter: Meter, terms: dict[str, torch.Tensor], bar: tqdm) -> Meter:
+        """Write the means since the last point as train/*; returns a fresh meter."""
+        means = meter.means()
+        if not math.isfinite(means["loss"]):
+            raise NonFiniteError(self.nonfinite_message(terms, self.p.step))
+        self.runlog.scalars("train", means, self.p.step)
+        bar.set_postfix(loss=f"{means['loss']:.2f}")
+        return Meter()
 
-    n, bs = len(data.train), t.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    check_every = 1 if device.type == "cpu" else t.log_every  # host syncs are free on CPU only
-    log.info("training %s: %d images, %d epochs of %d steps, on %s (%d threads)", run_dir, n,
-             t.epochs, steps_per_epoch, device, torch.get_num_threads())
-    # optional: on this project's CPU it gave no reliable gain (README, Performance)
-    terms_of = torch.compile(elbo_terms) if t.compile else elbo_terms
-    vae.train()
-    try:
-        with stop_requests() as stop:
-            for epoch in range(progress.epoch, t.epochs):
-                if progress.perm is None:
-                    progress.perm = torch.randperm(n, generator=gen, device=device)
-                    progress.batch = 0
-                meter = Meter()
-                bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=None,
-                           desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True)
-                started = time.perf_counter()
-                for b in range(progress.batch, steps_per_epoch):
-                    x = data.batch(progress.perm[b * bs: (b + 1) * bs], gen)
-                    logging_step = (progress.step + 1) % t.log_every == 0
-                    terms = terms_of(vae, x, cfg.beta, logging_step)
-                    loss = terms["loss"].mean()
-                    if (progress.step + 1) % check_every == 0 and not torch.isfinite(loss):
-                        raise NonFiniteError(_nonfinite_message(terms, epoch, progress.step + 1,
-                                                                cfg))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    progress.step += 1
-                    progress.batch = b + 1
-                    meter.add(terms)
-                    bar.update()
-                    if progress.step % t.log_every == 0:
-                        means = meter.means()
-                        if not math.isfinite(means["loss"]):
-                            raise NonFiniteError(_nonfinite_message(terms, epoch, progress.step,
-                                                                    cfg))
-                        runlog.scalars("train", means, progress.step)
-                        bar.set_postfix(loss=f"{means['loss']:.2f}")
-                        meter = Meter()
-                    if stop["signum"] is not None:
-                        break
-                epoch_seconds = time.perf_counter() - started
-                progress.seconds += epoch_seconds
-                bar.close()
-                if stop["signum"] is not None and progress.batch < steps_per_epoch:
-                    save("interrupted")
-                    record("interrupted")
-                    raise Interrupted(stop["signum"])
-                progress.epoch, progress.perm, progress.batch = epoch + 1, None, 0
-                started = time.perf_counter()
-                test = evaluate(vae, data.test, cfg.beta, t.eval_batch_size, cfg.eval.seed)
-                runlog.scalars("time", {"epoch_seconds": epoch_seconds,
-                                        "test_eval_seconds": time.perf_counter() - started},
-                               progress.step)
-                if not math.isfinite(test["loss"]):
-                    raise NonFiniteError(f"non-finite test loss after epoch {epoch + 1}; "
-                                         f"{_hint(cfg)}")
-                runlog.scalars("test", test, progress.step)
-                runlog.update_split("test", test)
-                log.info("epoch %d/%d: test loss %.3f, elbo %.3f, log p(x|z) %.3f, kl %.3f, "
-                         "mse %.5f (nats per image)", epoch + 1, t.epochs, test["loss"],
-                         test["elbo"], test["log_px_z"], test["kl"], test["mse"])
-                done = progress.epoch >= t.epochs
-                if not done:
-                    write_pictures(vae, data, runlog, progress.step)
-                    status = "interrupted" if stop["signum"] is not None else "running"
-                    record(status)
-                    save(status)
-                    if stop["signum"] is not None:
-                        raise Interrupted(stop["signum"])
-        final = evaluate_run(vae, data, cfg, runlog, progress.step)
+    def end_epoch(self, epoch_seconds: float) -> None:
+        """After a whole epoch: the test-set terms, pictures, the checkpoint; after a part of
+        one (a stop request): the checkpoint only."""
+        s, p, t = self.s, self.p, self.cfg.trainer
+        if p.batch < self.steps_per_epoch:
+            self.halt_if_asked()
+        p.epoch, p.perm, p.batch = p.epoch + 1, None, 0
+        started = time.perf_counter()
+        test = evaluate(s.vae, s.data.test, self.cfg.beta, t.eval_batch_size, self.cfg.eval.seed)
+        self.runlog.scalars("time", {"epoch_seconds": epoch_seconds,
+                                     "test_eval_seconds": time.perf_counter() - started}, p.step)
+        if not math.isfinite(test["loss"]):
+            raise NonFiniteError(f"non-finite test loss after epoch {p.epoch}; {self.hint()}")
+        self.runlog.scalars("test", test, p.step)
+        self.runlog.update_split("test", test)
+        log.info("epoch %d/%d: test loss %.3f, elbo %.3f, log p(x|z) %.3f, kl %.3f, mse %.5f "
+                 "(nats per image)", p.epoch, t.epochs, test["loss"], test["elbo"],
+                 test["log_px_z"], test["kl"], test["mse"])
+        if p.epoch < t.epochs:
+            write_pictures(s.vae, s.data, self.runlog, p.step)
+        self.checkpoint("running")
+
+    def finish(self) -> dict[str, Any]:
+        """The end-of-run evaluation (the trained state is already saved), then the last
+        checkpoint and record."""
+        s = self.s
+        try:
+            final = evaluate_run(s.vae, s.data, self.cfg, self.runlog, self.p.step,
+                                 poll=self.stop.check)
+        except Interrupted:
+            self.checkpoint("interrupted")
+            raise
         log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-        runlog.hparams(hparams(cfg, seed), [k for k in runlog.metrics if k.startswith("test/")])
-        record("finished")
-        save("finished")
-        log.info("finished %s", run_dir)
-        return runlog.metrics
-    except NonFiniteError as e:
-        record("failed", error=str(e))
-        raise
-    finally:
-        runlog.close()
+        self.runlog.hparams(hparams(self.cfg, s.seed),
+                            [k for k in self.runlog.metrics if k.startswith("test/")])
+        self.checkpoint("finished")
+        log.info("finished %s", s.run_dir)
+        return self.runlog.metrics
 
+    # -- records --------------------------------------------------------------------------------
+    def checkpoint(self, status: str) -> None:
+        """Save the checkpoint, then record the same status and progress in metrics.json (in
+        that order: metrics.json never claims more than the checkpoint holds). A pending stop
+        request makes the status `interrupted`."""
+        if status == "running" and self.stop.requested:
+            status = "interrupted"
+        self.s.save(status)
+        self.record(status)
 
-def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
-    """The hyperparameters a sweep is compared by (HParams dashboard, vaerun report)."""
-    lik = cfg.likelihood
-    sigma = getattr(lik, "sigma", None)
-    if getattr(lik, "reduction", "sum") == "mean":
-        sigma = None
-    return {
-        "dataset": cfg.dataset.name, "likelihood": lik.name, "sigma": sigma,
-        "variance": getattr(getattr(lik, "variance", None), "value", None),
-        "beta": cfg.beta, "optimizer": cfg.optimizer["_target_"].rsplit(".", 1)[-1],
-        "lr": cfg.optimizer["lr"], "model": cfg.model.name, "latent_dim": cfg.model.latent_dim,
-        "seed": seed, "epochs": cfg.trainer.epochs,
-    }
+    def record(self, status: str, **extra: Any) -> None:
+        p = self.p
+        self.runlog.update(status=status, epoch=p.epoch, step=p.step,
+                           train_seconds=round(p.seconds, 3), seed=self.s.seed, **extra)
 
+    def halt_if_asked(self) -> None:
+        """On a pending stop request: checkpoint where we are, then raise Interrupted."""
+        if self.stop.requested:
+            self.checkpoint("interrupted")
+            self.stop.check()
 
-def _hint(cfg: RunConfig) -> str:
-    lik = cfg.likelihood
-    if getattr(lik, "variance", None) in ("per_pixel", "decoder") and lik.min_log_sigma is None:
-        return ("the last good checkpoint is kept; per-pixel sigmas need a lower bound: set "
-                "likelihood.min_log_sigma (e.g. -6), else sigma -> 0 on always-black pixels")
-    return (f"the last good checkpoint is kept; try a smaller optimizer.lr "
-            f"(now {cfg.optimizer['lr']:g})")
+    def hint(self) -> str:
+        lik_hint = self.s.vae.likelihood.nonfinite_hint()
+        fix = lik_hint or f"try a smaller optimizer.lr (now {self.cfg.optimizer['lr']:g})"
+        return f"the last good checkpoint is kept; {fix}"
 
-
-def _nonfinite_message(terms: dict[str, torch.Tensor], epoch: int, step: int,
-                       cfg: RunConfig) -> str:
-    bad = [k for k in GUARDED if k in terms and not bool(torch.isfinite(terms[k]).all())]
-    what = ", ".join(bad) if bad else "loss"
-    return f"non-finite {what} at epoch {epoch + 1}, step {step}; {_hint(cfg)}"
+    def nonfinite_message(self, terms: dict[str, torch.Tensor], step: int) -> str:
+        bad = [k for k, v in terms.items()
+               if k not in ("loss", "elbo") and not bool(torch.isfinite(v).all())]
+        return (f"non-finite {', '.join(bad) or 'loss'} at epoch {self.p.epoch + 1}, step {step}; "
+                f"{self.hint()}")

@@ -1,0 +1,233 @@
+"""A run assembled from its typed config: device, data, model with its likelihood, optimizer, and
+the start-or-resume decision. `vaerun train`, `vaerun eval` and `vaerun report` all build runs
+here; it imports the part modules, so their registries are filled before `typed` looks them up.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vaerun import checkpoint, config
+from vaerun.config import RunConfig, require
+from vaerun.data import Dataset
+from vaerun.errors import ConfigError, UserError
+from vaerun.likelihoods import Likelihood
+from vaerun.model import VAE
+
+log = logging.getLogger("vaerun")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "CUDA is not available here; use "
+                          "trainer.device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", name, "MPS is not available here; use cpu or auto")
+    return torch.device(name)
+
+
+def optimizer_class(spec: dict) -> type[torch.optim.Optimizer]:
+    """The torch.optim class that `optimizer._target_` names; nothing else may be named."""
+    target = spec.get("_target_")
+    name = target.rsplit(".", 1)[-1] if isinstance(target, str) else ""
+    cls = getattr(torch.optim, name, None)
+    ok = (isinstance(target, str) and target in (f"torch.optim.{name}", name)
+          and isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer))
+    require(ok, "optimizer._target_", target,
+            "must name a torch.optim optimizer, e.g. torch.optim.Adam (optimizer=adam)")
+    return cls
+
+
+def optimizer_kwargs(spec: dict) -> dict[str, Any]:
+    """`spec` less `_target_`, each key checked against the optimizer's own signature."""
+    cls = optimizer_class(spec)
+    params = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    for k, v in kwargs.items():
+        require(k in params and k != "params", f"optimizer.{k}", v,
+                f"not a parameter of {cls.__name__}; it takes "
+                f"{', '.join(p for p in params if p not in ('params', 'self'))}")
+        require(v is None or isinstance(v, (int, float, str, list, tuple)), f"optimizer.{k}", v,
+                "must be a number, a string or a list of numbers")
+    try:  # torch checks its values (momentum >= 0, betas in [0, 1), ...) when it is built
+        cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError("optimizer", kwargs, str(e).splitlines()[0]) from None
+    return kwargs
+
+
+def typed(cfg: DictConfig) -> RunConfig:
+    """The typed, fully checked config of a run, devices and optimizer included."""
+    rc = config.typed(cfg)
+    resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here, before any run
+    optimizer_kwargs(rc.optimizer)
+    return rc
+
+
+def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
+    """The data (in memory on `device`) and the VAE with its likelihood, untrained."""
+    data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
+    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim)
+    return data, VAE(cfg.model, lik, data.image_shape).to(device)
+
+
+def make_optimizer(cfg: RunConfig, vae: VAE) -> torch.optim.Optimizer:
+    kwargs = optimizer_kwargs(cfg.optimizer)
+    return optimizer_class(cfg.optimizer)(vae.param_groups(kwargs["lr"]), **kwargs)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps so far
+    batch: int = 0  # next batch within the current epoch
+    perm: torch.Tensor | None = None  # the current epoch's data order
+    seconds: float = 0.0  # training time so far, resumes included
+
+
+@dataclass
+class Session:
+    """Everything a training run holds: what its checkpoint saves and restores."""
+
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    data: Dataset
+    vae: VAE
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the data order's (and training noise's) random stream
+    seed: int
+    progress: Progress
+    resumed: bool = False
+    status: str = "running"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return checkpoint.checkpoint_path(self.run_dir)
+
+    def state(self, status: str) -> dict[str, Any]:
+        p, cuda = self.progress, self.device.type == "cuda"
+        rng = {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
+        return {"model": self.vae.state_dict(), "optimizer": self.opt.state_dict(), "rng": rng,
+                "epoch": p.epoch, "step": p.step, "batch": p.batch, "perm": p.perm,
+                "seconds": p.seconds, "seed": self.seed, "status": status,
+                "config": self.cfg.plain}
+
+    def save(self, status: str) -> None:
+        """Write the checkpoint (atomically); `status` is what it records the run as."""
+        checkpoint.save(self.checkpoint_path, self.state(status))
+        self.status = status
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.gen.set_state(state["rng"]["data"].cpu())
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.seed = state["seed"]
+        self.progress = Progress(state["epoch"], state["step"], state["batch"], state["perm"],
+                                 state["seconds"])
+        self.resumed, self.status = True, state["status"]
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished" and self.progress.epoch >= self.cfg.trainer.epochs
+
+
+def _seed(cfg: RunConfig) -> int:
+    s = cfg.trainer.seed
+    return s if s is not None else int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def _runtime(cfg: RunConfig) -> torch.device:
+    """The device, with torch's threads and determinism set as the config asks."""
+    t = cfg.trainer
+    set_threads(t.threads)
+    if t.deterministic:
+        # bit-identical reruns on GPU too (CPU kernels already are, at a fixed thread count)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    return resolve_device(t.device)
+
+
+def start(cfg: RunConfig, run_dir: Path) -> Session:
+    """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows;
+    refuses (UserError) a run directory that holds a run of another config, or any run
+    without trainer.resume=true."""
+    run_dir = Path(run_dir)
+    device = _runtime(cfg)
+    seed = _seed(cfg)
+    torch.manual_seed(seed)
+    data, vae = build(cfg, device)
+    session = Session(cfg, run_dir, device, data, vae, make_optimizer(cfg, vae),
+                      data.generator(seed), seed, Progress())
+    path = session.checkpoint_path
+    if not path.exists():
+        return session
+    if not cfg.trainer.resume:
+        raise UserError(f"{run_dir} already holds a run; add trainer.resume=true to continue "
+                        "it, or choose another hydra.run.dir")
+    state = checkpoint.load(path, device)
+    changed = checkpoint.config_changes(state["config"], cfg.plain)
+    if changed:
+        raise UserError(f"the checkpoint in {run_dir} is from another config (differs in "
+                        f"{', '.join(changed)}); resume with its overrides or use another "
+                        "hydra.run.dir")
+    session.restore(state)
+    return session
+
+
+EVAL_KEYS = ("eval.", "trainer.device", "trainer.threads")
+
+
+def load_run(run_dir: Path, overrides: dict[str, str] | None = None, *,
+             device: str | None = None, n_test: int | None = None
+             ) -> tuple[RunConfig, Dataset, VAE, dict[str, Any]]:
+    """A saved run rebuilt from its checkpoint, with `overrides` (eval.*, trainer.device,
+    trainer.threads only) applied: its typed config, data, trained VAE and checkpoint state.
+    `device` and `n_test` (with one training image) serve pictures of many runs."""
+    run_dir = Path(run_dir)
+    ckpt = checkpoint.checkpoint_path(run_dir)
+    if not ckpt.exists():
+        raise UserError(f"run_dir={run_dir} holds no checkpoint ({ckpt}); give a run "
+                        "directory made by vaerun train")
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if not key.startswith(EVAL_KEYS):
+            raise UserError(f"{key} cannot change at evaluation; only eval.* and "
+                            "trainer.device, trainer.threads")
+    state = checkpoint.load(ckpt)
+    saved = OmegaConf.create(state["config"])
+    if device is not None:
+        saved.trainer.device = device
+    if n_test is not None:
+        saved.dataset.n_train, saved.dataset.n_test = 1, n_test
+    OmegaConf.set_struct(saved, True)
+    try:
+        merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(
+            [f"{k}={v}" for k, v in overrides.items()]))
+    except OmegaConfBaseException as e:
+        raise UserError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
+    cfg = typed(merged)
+    set_threads(cfg.trainer.threads)
+    data, vae = build(cfg, resolve_device(cfg.trainer.device))
+    vae.load_state_dict(state["model"])
+    return cfg, data, vae, state
