@@ -23,6 +23,9 @@ CASES = {
     "continuous-bernoulli": (["likelihood=continuous_bernoulli"], ["log_norm_term"]),
     "laplace": (["likelihood=laplace"], []),
     "conv": (["model=conv", "likelihood=gaussian"], GAUSSIAN),
+    "discretized-logistic": (["likelihood=discretized_logistic"], []),
+    "discretized-gaussian": (["likelihood=discretized_gaussian"], []),
+    "linear": (["model=linear", "likelihood=gaussian"], GAUSSIAN),
 }
 
 

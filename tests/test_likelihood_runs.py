@@ -94,3 +94,28 @@ def test_fashion_mnist_from_the_debian_package(vaerun, tmp_path):
                   *SMALL, f"hydra.run.dir={run}") == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "finished" and math.isfinite(m["test/elbo"])
+
+
+@pytest.mark.parametrize("likelihood", ["discretized_logistic", "discretized_gaussian"])
+def test_discrete_likelihoods_give_bits_per_8bit_pixel_on_grey_data(vaerun, tmp_path, likelihood):
+    run = tmp_path / "run"
+    assert vaerun("train", f"likelihood={likelihood}", *SMALL, f"hydra.run.dir={run}") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 < m["test/bits_per_dim"] < 8 and m["bits_per_dim_data"] == "8bit"
+    assert m["test/bits_per_dim"] == pytest.approx(m["test/nll_iwae"] / (784 * math.log(2)))
+    assert m["test/bits_per_dim_elbo"] == pytest.approx(-m["test/elbo"] / (784 * math.log(2)))
+    assert m["test/bits_per_dim_elbo"] >= m["test/bits_per_dim"] - 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("likelihood", ["discretized_logistic", "discretized_gaussian"])
+def test_issue_12_acceptance_commands(tmp_path, likelihood):
+    """`vaerun train likelihood=... trainer.epochs=1 dataset.n_train=5000`, as the issue has it."""
+    from conftest import run_process
+
+    run = tmp_path / "run"
+    proc = run_process(["train", f"likelihood={likelihood}", "trainer.epochs=1",
+                        "dataset.n_train=5000", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 < m["test/bits_per_dim"] < 8 and math.isfinite(m["test/bits_per_dim"])

@@ -78,7 +78,7 @@ def typed(cfg: DictConfig) -> RunConfig:
 def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
     """The data (in memory on `device`) and the VAE with its likelihood, untrained."""
     data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
-    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim)
+    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim, cfg.model.link.value)
     return data, VAE(cfg.model, lik, data.image_shape).to(device)
 
 

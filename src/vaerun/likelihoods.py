@@ -1,6 +1,10 @@
 """Decoder likelihoods p(x|z): each maps the decoder's output to a `torch.distributions`
 distribution over the D pixels, whose `log_prob(x)` is log p(x|z) in nats per image.
 
+The decoder's location outputs reach a likelihood through the model's output link (`sigmoid`:
+means in (0, 1); `identity`: unconstrained, as the linear VAE needs). Bernoulli-type
+likelihoods take the outputs as logits whatever the link.
+
 A new likelihood is one subclass here (a `name`, a `Config`, `forward`) plus one yaml file in
 conf/likelihood/.
 """
@@ -15,29 +19,36 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import (
-    Bernoulli as BernoulliDist,
-)
-from torch.distributions import (
-    ContinuousBernoulli as ContinuousBernoulliDist,
-)
-from torch.distributions import (
-    Distribution,
-    Independent,
-    Normal,
-)
-from torch.distributions import (
-    Laplace as LaplaceDist,
-)
+from torch.distributions import Bernoulli as BernoulliDist
+from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Laplace as LaplaceDist
 
-from vaerun.config import Registered, require, require_positive
+from vaerun.config import Registered, require, require_at_least, require_positive
+from vaerun.distributions import (
+    BinnedLogistic,
+    BinnedNormal,
+    PixelMixture,
+    StableContinuousBernoulli,
+)
 
 LOG_2PI = math.log(2 * math.pi)
+LINKS = {"sigmoid": torch.sigmoid, "identity": lambda t: t}
+MAX_LOG_SCALE = 20.0  # discretized scales stop at e^20: beyond e^88 float32 overflows to inf
 
 
 def pixels(base: Distribution) -> Distribution:
     """Treat the last axis (the D pixels) as one event: log_prob sums over pixels."""
     return Independent(base, 1, validate_args=False)
+
+
+def soft_floor(raw: Tensor, m: float | None) -> Tensor:
+    """A soft lower bound: m + softplus(raw − m) ≥ m, ≈ raw well above m (raw if m is None)."""
+    return raw if m is None else m + F.softplus(raw - m)
+
+
+def require_floor(key: str, value: float | None) -> None:
+    require(value is None or math.isfinite(value), key, value,
+            "must be a finite number (or null: no bound)")
 
 
 @dataclass
@@ -58,18 +69,20 @@ class Likelihood(Registered, nn.Module):
     params_per_pixel: ClassVar[int] = 1
     support: ClassVar[str] = "real"
 
-    def __init__(self, cfg: LikelihoodConfig, dim: int):
+    def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid"):
         nn.Module.__init__(self)
         self.cfg = cfg
         self.dim = dim
+        self.link = LINKS[link]
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         """The distribution p(x|z) for a batch (x is used only by likelihoods fitted to it)."""
         raise NotImplementedError
 
-    def mean(self, out: Tensor) -> Tensor:
-        """The decoder mean f(z) in [0, 1]: the reconstruction."""
-        return torch.sigmoid(out[..., : self.dim])
+    def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
+        """The decoder mean f(z): the reconstruction (`dist`: this likelihood's p(x|z) for
+        `out`, if already built)."""
+        return self.link(out[..., : self.dim])
 
     def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
         """Extra per-image terms worth logging (nats per image unless named otherwise)."""
@@ -90,10 +103,19 @@ class Likelihood(Registered, nn.Module):
             return (f"likelihood={self.name} on grey values: log p(x|z) = -BCE is not a "
                     "normalised density on [0, 1], so its nats are not a log-likelihood of this "
                     "data; use likelihood=continuous_bernoulli or dataset=mnist_binary")
+        if self.support == "8bit" and values != "8bit":
+            return (f"likelihood={self.name} is a distribution over the 256 grey levels k/255 "
+                    f"and these data are {values}: each value counts as its nearest grey level, "
+                    "and no bits/dim is reported")
         return None
 
     def nonfinite_hint(self) -> str | None:
         """What to change when the loss goes non-finite, if this likelihood knows (else None)."""
+        return None
+
+    def isotropic_sigma(self) -> tuple[float, bool] | None:
+        """(σ, learned) when p(x|z) = N(f(z), σ²I) with one σ for every pixel and image (the
+        pPCA reference and the linear VAE's exact likelihood need it), else None."""
         return None
 
     def bits_per_dim(self, nll: float, values: str) -> tuple[float | None, str]:
@@ -139,7 +161,9 @@ class Bernoulli(Likelihood):
 
 class ContinuousBernoulli(Likelihood):
     """The Bernoulli made a density on [0, 1] (Loaiza-Ganem & Cunningham 2019):
-    log p = −BCE(λ, x) + log C(λ); `log_norm_term` = Σ log C(λ) is what BCE leaves out."""
+    log p = −BCE(λ, x) + log C(λ), log C(L) = log|L| − log tanh(|L|/2) from the logit L;
+    `log_norm_term` = Σ log C is what BCE leaves out. On data with exact zeros (or ones) it is
+    unbounded above (p(0) → ∞ as L → −∞): dequantised data are its fair test."""
 
     name = "continuous_bernoulli"
 
@@ -147,15 +171,18 @@ class ContinuousBernoulli(Likelihood):
     class Config(LikelihoodConfig):
         name: str = "continuous_bernoulli"
 
-    def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        return pixels(ContinuousBernoulliDist(logits=out, validate_args=False))
+    @staticmethod
+    def dist(out: Tensor) -> StableContinuousBernoulli:
+        return StableContinuousBernoulli(logits=out, validate_args=False)
 
-    def mean(self, out: Tensor) -> Tensor:
-        return ContinuousBernoulliDist(logits=out, validate_args=False).mean
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        return pixels(self.dist(out))
+
+    def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
+        return self.dist(out).mean
 
     def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
-        bern = pixels(BernoulliDist(logits=out, validate_args=False)).log_prob(x)
-        return {"log_norm_term": self(out, x).log_prob(x) - bern}
+        return {"log_norm_term": self.dist(out)._cont_bern_log_norm().sum(-1)}
 
 
 class Laplace(Likelihood):
@@ -195,6 +222,9 @@ class Gaussian(Likelihood):
         def check(self, key: str) -> None:
             require_positive(f"{key}.sigma", self.sigma)
 
+    def isotropic_sigma(self) -> tuple[float, bool] | None:
+        return math.exp(self.log_sigma(None, None).item()), False
+
     def explain(self, values: str) -> str | None:
         if self.cfg.reduction != Reduction.mean:
             return super().explain(values)
@@ -203,11 +233,12 @@ class Gaussian(Likelihood):
                 f"{math.sqrt(self.dim / 2):.4g}); likelihood.sigma is ignored and log_px_z, elbo "
                 "are those of that model")
 
-    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
+    def log_sigma(self, out: Tensor | None, x: Tensor | None) -> Tensor:
         """log σ, broadcastable to [B, D]."""
+        device = None if out is None else out.device
         if self.cfg.reduction == Reduction.mean:
-            return torch.tensor(0.5 * math.log(self.dim / 2), device=out.device)
-        return torch.tensor(math.log(self.cfg.sigma), device=out.device)
+            return torch.tensor(0.5 * math.log(self.dim / 2), device=device)
+        return torch.tensor(math.log(self.cfg.sigma), device=device)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         return pixels(Normal(self.mean(out), self.log_sigma(out, x).exp(), validate_args=False))
@@ -256,16 +287,14 @@ class GaussianLearned(Gaussian):
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.init_sigma", self.init_sigma)
-            m = self.min_log_sigma
-            require(m is None or math.isfinite(m), f"{key}.min_log_sigma", m,
-                    "must be a finite number (or null: no bound)")
+            require_floor(f"{key}.min_log_sigma", self.min_log_sigma)
             require_positive(f"{key}.sigma_lr", self.sigma_lr)
             require(0 < self.ema <= 1, f"{key}.ema", self.ema, "must be in (0, 1]")
             require(self.reduction == Reduction.sum, f"{key}.reduction", self.reduction.value,
                     "a learned σ needs reduction=sum")
 
-    def __init__(self, cfg: Config, dim: int):
-        super().__init__(cfg, dim)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
         init = torch.tensor(math.log(cfg.init_sigma))
         if cfg.variance == Variance.shared:
             self.shared_log_sigma = nn.Parameter(init)
@@ -278,6 +307,14 @@ class GaussianLearned(Gaussian):
         self.register_buffer("mse_avg", torch.zeros(()))
         self.register_buffer("mse_weight", torch.zeros(()))
 
+    def isotropic_sigma(self) -> tuple[float, bool] | None:
+        v = self.cfg.variance
+        if v == Variance.shared:
+            return math.exp(self.shared_log_sigma.item()), True
+        if v == Variance.optimal and not self.training:
+            return math.exp(self.log_sigma(None, None).item()), True
+        return None
+
     def nonfinite_hint(self) -> str | None:
         if self.cfg.variance in (Variance.per_pixel, Variance.decoder) and \
                 self.cfg.min_log_sigma is None:
@@ -286,9 +323,7 @@ class GaussianLearned(Gaussian):
         return None
 
     def bounded(self, raw: Tensor) -> Tensor:
-        """Soft lower bound: m + softplus(raw − m) ≥ m, ≈ raw well above m."""
-        m = self.cfg.min_log_sigma
-        return raw if m is None else m + F.softplus(raw - m)
+        return soft_floor(raw, self.cfg.min_log_sigma)
 
     def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
         v = self.cfg.variance
@@ -298,8 +333,10 @@ class GaussianLearned(Gaussian):
             return self.bounded(self.pixel_log_sigma)
         if v == Variance.decoder:
             return self.bounded(out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma))
-        if self.training or self.mse_weight == 0:
+        if self.training:
             mse = F.mse_loss(self.mean(out).detach(), x)
+        elif self.mse_weight == 0:  # no training step yet: nothing to average, never the test
+            return torch.tensor(math.log(self.cfg.init_sigma), device=self.mse_avg.device)
         else:
             mse = self.mse_avg / self.mse_weight
         return 0.5 * mse.clamp_min(1e-12).log()
@@ -318,3 +355,68 @@ class GaussianLearned(Gaussian):
         if self.cfg.variance == Variance.per_pixel:
             return [{"params": [self.pixel_log_sigma], "lr": self.cfg.sigma_lr}]
         return []
+
+
+class DiscretizedLogistic(Likelihood):
+    """A mixture of `components` logistics per pixel, each integrated over the pixel's bin
+    (width 1/255 around k/255, edge bins to ±∞; PixelCNN++): a probability mass on the 256 grey
+    levels, so −log p(x|z)/(D ln 2) is bits per 8-bit pixel. Decoder outputs per pixel: mixture
+    logits, locations (through the link), log scales (softly ≥ `min_log_scale`)."""
+
+    name = "discretized_logistic"
+    support = "8bit"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "discretized_logistic"
+        components: int = 5
+        min_log_scale: float | None = -7.0
+
+        def check(self, key: str) -> None:
+            require_at_least(f"{key}.components", self.components, 1)
+            require_floor(f"{key}.min_log_scale", self.min_log_scale)
+
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
+        k = cfg.components
+        self.params_per_pixel = 3 * k if k > 1 else 2
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        k, d = self.cfg.components, self.dim
+        parts = out.unflatten(-1, (-1, k, d))  # [..., 3 (logits, loc, log scale), K, D]
+        loc, log_scale = self.link(parts[..., -2, :, :]), parts[..., -1, :, :]
+        log_scale = soft_floor(log_scale, self.cfg.min_log_scale).clamp(max=MAX_LOG_SCALE)
+        comps = BinnedLogistic(loc, log_scale.exp())
+        if k == 1:
+            return pixels(BinnedLogistic(comps.loc[..., 0, :], comps.scale[..., 0, :]))
+        return pixels(PixelMixture(parts[..., 0, :, :], comps))
+
+    def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
+        return (dist if dist is not None else self(out, out)).mean
+
+
+class DiscretizedGaussian(Likelihood):
+    """N(f(z), σ²) per pixel, integrated over the same 256 bins as the discretized logistic,
+    with a σ per pixel from the decoder (log σ softly ≥ `min_log_sigma`)."""
+
+    name = "discretized_gaussian"
+    support = "8bit"
+    params_per_pixel = 2
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "discretized_gaussian"
+        init_sigma: float = 1.0
+        min_log_sigma: float | None = -7.0
+
+        def check(self, key: str) -> None:
+            require_positive(f"{key}.init_sigma", self.init_sigma)
+            require_floor(f"{key}.min_log_sigma", self.min_log_sigma)
+
+    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+        raw = out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma)
+        sigma = soft_floor(raw, self.cfg.min_log_sigma).clamp(max=MAX_LOG_SCALE).exp()
+        return pixels(BinnedNormal(self.link(out[..., : self.dim]), sigma))
+
+    def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
+        return (dist if dist is not None else self(out, out)).mean

@@ -1,11 +1,16 @@
 """The VAE: encoder q(z|x) = N(μ(x), diag σ²(x)), prior p(z) = N(0, I), and a decoder whose
 output parameterises the likelihood p(x|z) (see likelihoods.py).
 
+Each model declares its output `link`, how the decoder's location outputs become the mean f(z):
+`sigmoid` (in (0, 1), like the pixels; mlp and conv) or `identity` (f(z) = Wz + b for the linear
+VAE, which with a Gaussian decoder is probabilistic PCA).
+
 A new architecture is one `Model` subclass (a `name`, a `Config`, `build`) plus one yaml file.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -18,10 +23,16 @@ from vaerun.config import Registered, require_at_least
 from vaerun.likelihoods import Likelihood
 
 
+class Link(str, enum.Enum):
+    sigmoid = "sigmoid"  # f(z) = sigmoid(decoder output): means in (0, 1), like the pixels
+    identity = "identity"  # f(z) = the decoder output, unconstrained
+
+
 @dataclass
 class ModelConfig:
     name: str = "mlp"
     latent_dim: int = 20
+    link: Link = Link.sigmoid
 
     def check(self, key: str) -> None:
         require_at_least(f"{key}.latent_dim", self.latent_dim, 1)
@@ -33,6 +44,7 @@ class Model(Registered):
     registry: ClassVar[dict[str, type]] = {}
     group = "model"
     Config = ModelConfig
+    affine: ClassVar[bool] = False  # the decoder is one affine map (its weight is W, bias b)
 
     @staticmethod
     def build(cfg: ModelConfig, image_shape: tuple[int, ...], out_per_pixel: int
@@ -103,6 +115,25 @@ class Conv(Model):
         return encoder, decoder
 
 
+class Linear(Model):
+    """The linear VAE (Lucas et al. 2019): one affine map x -> (μ, log σ²), and f(z) = Wz + b
+    with the identity link. With p(x|z) = N(Wz + b, σ²I) its marginal is N(b, WWᵀ + σ²I)
+    (probabilistic PCA), so its exact log-likelihood is known (test/nll_exact)."""
+
+    name = "linear"
+    affine = True
+
+    @dataclass
+    class Config(ModelConfig):
+        name: str = "linear"
+        link: Link = Link.identity
+
+    @staticmethod
+    def build(cfg: Config, image_shape: tuple[int, ...], out_per_pixel: int):
+        d = math.prod(image_shape)
+        return nn.Linear(d, 2 * cfg.latent_dim), nn.Linear(cfg.latent_dim, out_per_pixel * d)
+
+
 class VAE(nn.Module):
     """q(z|x), p(z) and p(x|z) together; every distribution is a `torch.distributions` one."""
 
@@ -110,8 +141,9 @@ class VAE(nn.Module):
         super().__init__()
         self.latent_dim = cfg.latent_dim
         self.image_shape = tuple(image_shape)
-        self.encoder, self.decoder = Model.lookup(cfg.name).build(
-            cfg, self.image_shape, likelihood.params_per_pixel)
+        model = Model.lookup(cfg.name)
+        self.encoder, self.decoder = model.build(cfg, self.image_shape, likelihood.params_per_pixel)
+        self.linear_mean = model.affine and cfg.link == Link.identity  # f(z) = Wz + b
         self.likelihood = likelihood
         self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim))
         self.register_buffer("prior_scale", torch.ones(cfg.latent_dim))
@@ -130,6 +162,13 @@ class VAE(nn.Module):
         """The decoder output that parameterises p(x|z) (flattened to [..., out_per_pixel·D])."""
         shape = z.shape[:-1]
         return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*shape, -1)
+
+    def affine_mean(self) -> tuple[Tensor, Tensor] | None:
+        """(W [D, latent], b [D]) when f(z) = Wz + b exactly, else None."""
+        if not self.linear_mean:
+            return None
+        d = self.likelihood.dim
+        return self.decoder.weight[:d], self.decoder.bias[:d]
 
     def param_groups(self, lr: float) -> list[dict]:
         """All parameters at `lr`, except those the likelihood wants at their own rate."""

@@ -28,11 +28,12 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True) -> dict[str, 
     z = q.rsample()
     out = vae.decode(z)
     lik = vae.likelihood
-    log_px_z = lik(out, x).log_prob(x)
+    p_x = lik(out, x)
+    log_px_z = p_x.log_prob(x)
     kl = kl_divergence(q, vae.prior())
     loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
     with torch.no_grad():
-        mean = lik.mean(out)
+        mean = lik.mean(out, p_x)
         terms = {
             "loss": loss,
             "elbo": log_px_z - kl,
@@ -42,7 +43,8 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True) -> dict[str, 
             **lik.terms(out, x),
         }
         if bce:
-            terms["bce"] = F.binary_cross_entropy(mean, x, reduction="none").sum(-1)
+            terms["bce"] = F.binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1),
+                                                  reduction="none").sum(-1)
         return terms
 
 
