@@ -1,0 +1,252 @@
+"""The figures of `vaerun report`, each returned as PNG bytes (the report writes them all at
+once, only when every one of them was drawn)."""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+
+from vaerun.sweeps import Group, number, swept_numeric_key  # noqa: E402
+
+SWEEP_METRICS = ["test/elbo", "test/kl", "test/active_units", "test/mse", "test/sigma_optimal",
+                 "test/nll_iwae", "test/bits_per_dim"]
+PREDICTIONS = {"test/kl": "test/ppca_kl", "test/active_units": "test/ppca_active_units"}
+DATA_NAMES = {"8bit": "8-bit grey levels", "continuous": "dequantised 8-bit",
+              "binary": "binarised"}
+
+
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def log_axis(ax, which: str, values: list[float]) -> None:
+    """A log x or y axis when the values span a decade or more, labels on the majors only (on a
+    narrower span minor labels overprint each other)."""
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) >= 10:
+        getattr(ax, f"set_{which}scale")("log")
+        getattr(ax, f"{which}axis").set_minor_formatter(mticker.NullFormatter())
+
+
+def rate_distortion(groups: list[Group]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    xs = []
+    for i, g in enumerate(groups):
+        pts = [(r.metrics.get("test/mse"), r.metrics.get("test/kl")) for r in g.runs]
+        pts = [p for p in pts if None not in p]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), color=f"C{i % 10}", label=g.label, s=25)
+            xs += [p[0] for p in pts]
+    ax.set_xlabel("distortion: test/mse (per pixel)")
+    ax.set_ylabel("rate: test/kl (nats per image)")
+    log_axis(ax, "x", xs)
+    ax.set_title("rate against distortion, one point per run")
+    ax.legend(fontsize=7, loc="best")
+    return png(fig)
+
+
+def _series(groups: list[Group], x_key: str | None) -> tuple[dict[str, list[Group]], list[Group]]:
+    """Groups with a numeric x_key, by the rest of their key; and the others (references)."""
+    series: dict[str, list[Group]] = {}
+    refs: list[Group] = []
+    for g in groups:
+        if x_key is not None and number(g.get(x_key)) is not None:
+            rest = ", ".join(f"{k}={v}" for k, v in g.key if k != x_key and v != "-")
+            series.setdefault(rest, []).append(g)
+        else:
+            refs.append(g)
+    return series, refs
+
+
+def _sweep_panel(ax, m: str, series: dict[str, list[Group]], refs: list[Group],
+                 x_key: str) -> None:
+    for i, (label, gs) in enumerate(series.items()):
+        for metric, style in ((m, "-"), (PREDICTIONS.get(m), "--")):
+            if metric is None:
+                continue
+            pts = sorted((number(g.get(x_key)), *g.mean_std(metric)) for g in gs)
+            pts = [(x, y, 0 if math.isnan(e) else e) for x, y, e in pts if not math.isnan(y)]
+            if pts:
+                x, y, e = zip(*pts, strict=True)
+                ax.errorbar(x, y, yerr=e, marker="o" if style == "-" else None, ms=3, capsize=2,
+                            ls=style, color=f"C{i}", label=(label or x_key) if style == "-"
+                            else f"{label or x_key}: pPCA prediction")
+    for j, g in enumerate(refs):
+        mean, _ = g.mean_std(m)
+        if not math.isnan(mean):
+            ax.axhline(mean, ls=":", lw=1, color=f"C{(j + len(series)) % 10}", label=g.label)
+    ax.set_title(m, fontsize=9)
+
+
+def sweep(groups: list[Group], keys: list[str]) -> bytes:
+    """The final test metrics against the swept number; dashed: pPCA's prediction where the
+    runs have one (KL, active units); dotted: groups without the swept key."""
+    x_key = swept_numeric_key(groups, keys)
+    metrics = [m for m in SWEEP_METRICS if any(g.values(m) for g in groups)]
+    cols = max(1, len(metrics))
+    fig, axes = plt.subplots(1, cols, figsize=(3.3 * cols, 3.4), squeeze=False)
+    series, refs = _series(groups, x_key)
+    xs = [number(g.get(x_key)) for gs in series.values() for g in gs] if x_key else []
+    for ax, m in zip(axes[0], metrics, strict=False):
+        _sweep_panel(ax, m, series, refs, x_key or "")
+        if x_key:
+            ax.set_xlabel(x_key)
+            log_axis(ax, "x", xs)
+        if m == "test/kl":
+            log_axis(ax, "y", [v for g in groups for v in g.values(m)])
+        if m == "test/elbo" and xs and max(xs) / max(min(xs), 1e-12) >= 10:
+            ax.set_yscale("symlog", linthresh=100)
+    handles, labels = [], []
+    for ax in axes[0]:  # every label once, whichever panel has it
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
+                   bbox_to_anchor=(0.5, -0.05 - 0.04 * math.ceil(len(labels) / 4)))
+    fig.suptitle("final test metrics (mean ± std over seeds; dashed: pPCA's prediction at the "
+                 "same sigma; dotted: runs without the swept key)", fontsize=9)
+    fig.tight_layout()
+    return png(fig)
+
+
+def curves(groups: list[Group]) -> bytes:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, g in enumerate(groups):
+        runs = []
+        for r in g.runs:
+            acc = EventAccumulator(str(r.path), size_guidance={"scalars": 0})
+            acc.Reload()
+            if "test/loss" in acc.Tags()["scalars"]:
+                runs.append([e.value for e in acc.Scalars("test/loss")])
+        n = min((len(c) for c in runs), default=0)
+        if n:
+            mean = [statistics.fmean(c[j] for c in runs) for j in range(n)]
+            ax.plot(range(1, n + 1), mean, marker="o", ms=3, color=f"C{i % 10}", label=g.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test loss (nats per image)")
+    ax.set_yscale("symlog", linthresh=100)
+    ax.legend(fontsize=7)
+    return png(fig)
+
+
+def bits_per_dim(groups: list[Group]) -> bytes:
+    """One bar per group: bits per dimension from the IWAE bound, with the ELBO's looser bound
+    as a hollow bar behind it, labelled with the data each was measured on."""
+    rows = [(g, g.mean_std("test/bits_per_dim"), g.mean_std("test/bits_per_dim_elbo"))
+            for g in groups if g.values("test/bits_per_dim")]
+    rows.sort(key=lambda r: r[1][0])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+    y = list(range(len(rows)))
+    elbo = [e[0] for _, _, e in rows]
+    iwae = [b[0] for _, b, _ in rows]
+    ax.barh(y, elbo, color="none", edgecolor="grey", label="from the ELBO (−elbo)")
+    ax.barh(y, iwae, xerr=[0 if math.isnan(b[1]) else b[1] for _, b, _ in rows], color="C0",
+            alpha=0.8, capsize=2, label=f"from IWAE (k = {rows[0][0].first('test/iwae_k'):g})"
+            if rows else "from IWAE")
+    ax.set_yticks(y, [f"{g.label}\n({DATA_NAMES.get(g.first('bits_per_dim_data'), '?')})"
+                      for g, _, _ in rows], fontsize=7)
+    for yi, v in zip(y, iwae, strict=True):
+        ax.text(v, yi, f" {v:.3f}", va="center", fontsize=7)
+    if any(g.first("bits_per_dim_data") in ("8bit", "continuous") for g, _, _ in rows):
+        ax.axvline(1.0, ls=":", color="k", lw=1, label="flows on MNIST, about 1.0")
+    ax.set_xlabel("bits per dimension of the test images (lower is better; upper bounds)")
+    ax.legend(fontsize=7, loc="lower right")
+    return png(fig)
+
+
+def _load(g: Group, n_test: int | None = None):
+    """The model of the group's first run that has a checkpoint, rebuilt on the CPU, or a line
+    saying why there is none."""
+    from vaerun import checkpoint
+    from vaerun.assemble import load_run  # torch and the parts, only where pictures are drawn
+    from vaerun.errors import UserError
+
+    run = next((r for r in g.runs if checkpoint.checkpoint_path(r.path).exists()), None)
+    if run is None:
+        return "no checkpoint"
+    try:
+        return load_run(run.path, device="cpu", n_test=n_test)
+    except UserError as e:
+        return str(e)
+
+
+def samples(groups: list[Group]) -> bytes:
+    """Per group (its first run with a checkpoint): 8 prior samples | 8 test images above
+    their reconstructions."""
+    import torch
+
+    from vaerun.pictures import reconstructions
+    from vaerun.pictures import samples as prior_samples
+
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 1.5 * len(groups) + 0.5), squeeze=False)
+    for row, (ax, g) in enumerate(zip(axes[:, 0], groups, strict=True)):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(g.label, fontsize=7, rotation=0, ha="right", va="center")
+        loaded = _load(g, n_test=8)  # any run's model, on the CPU
+        if isinstance(loaded, str):
+            ax.text(0.01, 0.5, loaded, fontsize=7, va="center", transform=ax.transAxes)
+            continue
+        _, data, vae, _ = loaded
+        s = prior_samples(vae, 16)  # two rows of the 8-wide grid
+        rec = reconstructions(vae, data.test[:8])  # test images above reconstructions
+        h = max(s.shape[1], rec.shape[1])
+        parts = [torch.cat([t, torch.ones(3, h - t.shape[1], t.shape[2])], 1)
+                 for t in (s, torch.ones(3, h, 16), rec)]
+        ax.imshow(torch.cat(parts, 2).permute(1, 2, 0).numpy())
+        if row == 0:
+            ax.set_title("left: samples of z ~ p(z), decoder means;   right: test images (top) "
+                         "and their reconstructions (bottom)", fontsize=8)
+    return png(fig)
+
+
+def kl_per_dim(groups: list[Group]) -> bytes:
+    """For runs with a pPCA reference: each latent dimension's KL (sorted), measured on the
+    test set, against pPCA's ½·log(λ_i/σ²) for λ_i > σ²."""
+    import torch
+
+    from vaerun import ppca
+    from vaerun.evaluate import posterior_stats
+
+    shown = [g for g in groups if g.values("test/ppca_kl")]
+    cols = min(5, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, g in zip(axes.flat, shown, strict=False):
+        loaded = _load(g)
+        if isinstance(loaded, str):
+            ax.text(0.02, 0.5, loaded, fontsize=6, va="center", transform=ax.transAxes, wrap=True)
+            continue
+        cfg, data, vae, state = loaded
+        _, kl = posterior_stats(vae, data.test, 1000)
+        spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", data.batch(
+            torch.arange(len(data.train)), data.generator(0)))
+        sigma = g.first("test/ppca_sigma")
+        lam = spec.eigenvalues[: len(kl)]
+        ax.bar(range(len(kl)), kl.sort(descending=True).values.numpy(), color="C0",
+               label="measured")
+        ax.plot(range(len(kl)), (0.5 * torch.log(lam / sigma**2)).clamp_min(0).numpy(), "k--",
+                lw=1, label="pPCA: ½ log(λ/σ²)")
+        ax.set_title(g.label, fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6)
+    fig.supxlabel("latent dimensions, by KL", fontsize=8)
+    fig.supylabel("KL (nats per image)", fontsize=8)
+    fig.tight_layout()
+    return png(fig)
