@@ -33,9 +33,10 @@ def vaerun(tmp_path, monkeypatch):
     return run
 
 
-def run_process(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+def run_process(args: list[str], cwd: Path, env: dict | None = None,
+                **kwargs) -> subprocess.CompletedProcess:
     """`python -m vaerun ...` as its own process (for exit codes, signals, stderr)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "vaerun", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, **kwargs)
 

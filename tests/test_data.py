@@ -100,8 +100,13 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "")
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="could not download"):
         MNIST(MNIST.Config(root=str(tmp_path / "empty")))
+    assert list((tmp_path / "empty").iterdir()) == []  # what the download made is gone
+    with pytest.raises(DataError, match="is not a directory; create it"):
+        MNIST(MNIST.Config(root=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_sizes_are_checked():

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 from vaerun import checkpoint, config
 from vaerun.config import RunConfig, require
 from vaerun.data import Dataset
-from vaerun.errors import ConfigError, UserError
+from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
+from vaerun.objective import Meter
 
 log = logging.getLogger("vaerun")
 
@@ -63,22 +66,52 @@ def optimizer_kwargs(spec: dict) -> dict[str, Any]:
     try:  # torch checks its values (momentum >= 0, betas in [0, 1), ...) when it is built
         cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ConfigError("optimizer", kwargs, str(e).splitlines()[0]) from None
+        msg = str(e).splitlines()[0]
+        key = next((k for k in kwargs if k in msg), None)  # torch names the value it refuses
+        raise ConfigError(f"optimizer.{key}" if key else "optimizer",
+                          kwargs[key] if key else kwargs, msg) from None
     return kwargs
 
 
+def memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: RunConfig, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and Adam's two moments (16 bytes a parameter)
+    exceed the device's memory, counting its parameters on the meta device (no allocation)."""
+    shape = Dataset.lookup(cfg.dataset.name).shape
+    if shape is None:
+        return
+    with torch.device("meta"):
+        lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, math.prod(shape),
+                                                     cfg.model.link.value)
+        n = sum(p.numel() for p in VAE(cfg.model, lik, shape).parameters())
+    need, have = 16 * n, memory_bytes(device)
+    if need > have:
+        sizes = {k: v for k, v in cfg.model.__dict__.items() if isinstance(v, int)}
+        key = max(sizes, key=sizes.get)
+        raise ConfigError(f"model.{key}", sizes[key], f"the model would have {n:.3g} "
+                          f"parameters, about {need / 1e9:.3g} GB with their gradients and "
+                          f"optimizer state, and this {device.type} has {have / 1e9:.3g} GB")
+
+
 def typed(cfg: DictConfig) -> RunConfig:
-    """The typed, fully checked config of a run, devices and optimizer included."""
+    """The typed, fully checked config of a run: devices, memory and optimizer included."""
     rc = config.typed(cfg)
-    resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here, before any run
+    device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
     optimizer_kwargs(rc.optimizer)
+    check_memory(rc, device)
     return rc
 
 
 def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
     """The data (in memory on `device`) and the VAE with its likelihood, untrained."""
     data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
-    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim, cfg.model.link.value)
+    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim, cfg.model.link.value,
+                                                 cfg.trainer.batch_size)
     return data, VAE(cfg.model, lik, data.image_shape).to(device)
 
 
@@ -116,6 +149,14 @@ class Session:
     progress: Progress
     resumed: bool = False
     status: str = "running"
+    meter: Meter = field(default_factory=Meter)  # train/* terms since the last logged point
+    opened: float = field(default_factory=time.perf_counter)  # when this command took it up
+    wall_before: float = 0.0  # wall-clock seconds of earlier commands on this run (resumes)
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds spent on this run by vaerun train, resumes summed."""
+        return self.wall_before + time.perf_counter() - self.opened
 
     @property
     def checkpoint_path(self) -> Path:
@@ -128,6 +169,8 @@ class Session:
         return {"model": self.vae.state_dict(), "optimizer": self.opt.state_dict(), "rng": rng,
                 "epoch": p.epoch, "step": p.step, "batch": p.batch, "perm": p.perm,
                 "seconds": p.seconds, "seed": self.seed, "status": status,
+                "device": self.device.type, "meter": self.meter.state(),
+                "wall_seconds": self.wall_seconds,
                 "config": self.cfg.plain}
 
     def save(self, status: str) -> None:
@@ -143,9 +186,12 @@ class Session:
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         self.seed = state["seed"]
-        self.progress = Progress(state["epoch"], state["step"], state["batch"], state["perm"],
-                                 state["seconds"])
+        perm = state["perm"]
+        self.progress = Progress(state["epoch"], state["step"], state["batch"],
+                                 None if perm is None else perm.to(self.device), state["seconds"])
         self.resumed, self.status = True, state["status"]
+        self.meter = Meter.from_state(state.get("meter"), self.device)
+        self.wall_before = state.get("wall_seconds", 0.0)
 
     @property
     def finished(self) -> bool:
@@ -168,30 +214,45 @@ def _runtime(cfg: RunConfig) -> torch.device:
     return resolve_device(t.device)
 
 
+def _refuse_resume(cfg: RunConfig, run_dir: Path, state: dict[str, Any]) -> None:
+    """Raise Refused unless the checkpoint `state` can continue as this config."""
+    changed = checkpoint.config_changes(state["config"], cfg.plain)
+    if changed:
+        raise Refused(f"the checkpoint in {run_dir} is from another config (differs in "
+                      f"{', '.join(changed)}); resume with its overrides or use another "
+                      "hydra.run.dir")
+    epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
+    if state["status"] != "finished" and epoch > t.epochs:
+        raise Refused(f"the checkpoint in {run_dir} has begun epoch {epoch} (step "
+                      f"{state['step']}), past trainer.epochs={t.epochs}; resume with "
+                      f"trainer.epochs={epoch} or more")
+    saved = checkpoint.device_type(state)
+    if saved != resolve_device(t.device).type:
+        raise Refused(f"the checkpoint in {run_dir} holds random streams of a {saved} device; "
+                      f"resume it with trainer.device={saved} (or start a new run)")
+
+
 def start(cfg: RunConfig, run_dir: Path) -> Session:
-    """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows;
-    refuses (UserError) a run directory that holds a run of another config, or any run
-    without trainer.resume=true."""
+    """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows.
+    Refuses (Refused, before building anything) a directory that holds a run without
+    trainer.resume=true, a checkpoint of another config or device, or one past the epochs."""
     run_dir = Path(run_dir)
+    path = checkpoint.checkpoint_path(run_dir)
+    state = None
+    if path.exists():
+        if not cfg.trainer.resume:
+            raise Refused(f"{run_dir} already holds a run; add trainer.resume=true to continue "
+                          "it, or choose another hydra.run.dir")
+        state = checkpoint.load(path)
+        _refuse_resume(cfg, run_dir, state)
     device = _runtime(cfg)
-    seed = _seed(cfg)
+    seed = state["seed"] if state else _seed(cfg)
     torch.manual_seed(seed)
     data, vae = build(cfg, device)
     session = Session(cfg, run_dir, device, data, vae, make_optimizer(cfg, vae),
                       data.generator(seed), seed, Progress())
-    path = session.checkpoint_path
-    if not path.exists():
-        return session
-    if not cfg.trainer.resume:
-        raise UserError(f"{run_dir} already holds a run; add trainer.resume=true to continue "
-                        "it, or choose another hydra.run.dir")
-    state = checkpoint.load(path, device)
-    changed = checkpoint.config_changes(state["config"], cfg.plain)
-    if changed:
-        raise UserError(f"the checkpoint in {run_dir} is from another config (differs in "
-                        f"{', '.join(changed)}); resume with its overrides or use another "
-                        "hydra.run.dir")
-    session.restore(state)
+    if state is not None:
+        checkpoint.restore(path, lambda: session.restore(state))
     return session
 
 
@@ -229,5 +290,5 @@ def load_run(run_dir: Path, overrides: dict[str, str] | None = None, *,
     cfg = typed(merged)
     set_threads(cfg.trainer.threads)
     data, vae = build(cfg, resolve_device(cfg.trainer.device))
-    vae.load_state_dict(state["model"])
+    checkpoint.restore(ckpt, lambda: vae.load_state_dict(state["model"]))
     return cfg, data, vae, state

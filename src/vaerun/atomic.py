@@ -11,17 +11,29 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call `write(f)` on a temporary file beside `path`, fsync it, and rename it onto `path`."""
+    """Call `write(f)` on a temporary file beside `path`, fsync it, and rename it onto `path`.
+    The file gets the mode a plain open() would give it (0666 less the umask), not mkstemp's
+    private 0600, so collaborators on a shared disk can read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, say: name the file it was for
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -34,6 +46,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_atomic(path, lambda f: f.write(data))
 
 
-def read_json(path: str | os.PathLike) -> dict:
+def read_json(path: str | os.PathLike) -> Any:
     with open(path) as f:
         return json.load(f)

@@ -4,6 +4,7 @@ Only tensors and plain containers, so `torch.load(weights_only=True)` reads it."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.device", "trai
                      "trainer.log_every", "trainer.eval_batch_size", "trainer.compile", "eval.")
 
 
+KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
+        "status", "config")  # what every checkpoint holds
+
+
 def checkpoint_path(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
 
@@ -28,12 +33,35 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"no checkpoint at {path}; train a run first (vaerun train)") from None
     except Exception as e:
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to "
                         "start the run again") from None
+    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else ["all"]
+    if missing:
+        raise UserError(f"checkpoint {path} is not a vaerun checkpoint (it lacks "
+                        f"{', '.join(missing)}); delete it to start the run again")
+    return state
+
+
+def restore(path: Path, apply: Callable[[], Any]) -> None:
+    """Run `apply()` (which loads a checkpoint's states into a model, optimizer, ...); a
+    checkpoint with missing keys or wrong shapes becomes one UserError naming the file."""
+    try:
+        apply()
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} does not fit this run ({first[:200]}); delete it to "
+                        "start the run again, or use the config it was written with") from None
+
+
+def device_type(state: dict[str, Any]) -> str:
+    """The device type whose random streams a checkpoint holds (older ones: by state size)."""
+    if "device" in state:
+        return str(state["device"])
+    return "cpu" if state["rng"]["data"].numel() > 16 else "cuda"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -12,8 +12,10 @@ statuses. Its imports of vaerun's stages (and so of torch) sit inside the functi
 from __future__ import annotations
 
 import logging
-import re
+import os
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 USAGE = """usage: vaerun <command> [key=value ...]
@@ -31,7 +33,10 @@ Compare runs with: tensorboard --logdir outputs
 """
 
 CONFIG_MODULE = "vaerun.conf"
-EXIT_CODES: list[int] = []  # exit status of each job run in this process
+# vaerun's launcher configs (joblib, submitit_local) are complete yaml files that shadow the
+# plugins' own: Hydra still validates them against those schemas, and says so, in this process
+# and in every worker (which imports this module for the task function)
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
 
 
 def error(msg: str, code: int = 2) -> int:
@@ -39,149 +44,111 @@ def error(msg: str, code: int = 2) -> int:
     return code
 
 
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type",
-                                                     "Set the environment variable"))]
-    return " ".join(lines) if lines else type(e).__name__
-
-
-EXCLUDE_KEY = "hydra.job.config.override_dirname.exclude_keys"
-
-
-def always_excluded() -> list[str]:
-    """The keys conf/train.yaml always leaves out of job folder names (trainer.resume, ...)."""
-    from importlib import resources
-
-    from omegaconf import OmegaConf
-
-    conf = OmegaConf.load(str(resources.files(CONFIG_MODULE) / "train.yaml"))
-    return list(OmegaConf.select(conf, EXCLUDE_KEY))
-
-
-def name_by_swept_keys(args: list[str]) -> list[str]:
-    """Name each sweep job's folder by the overrides that vary (e.g. `3_likelihood.sigma=1`):
-    the constant ones are added to Hydra's override_dirname exclude list."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = [a for a in args if not a.startswith("-")]
-    if any(a.split("=")[0].lstrip("+~") == EXCLUDE_KEY for a in overrides):
-        return args
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if not any(o.is_sweep_override() for o in parsed):
-        return args
-    constant = [o.key_or_group for o in parsed
-                if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-    keys = list(dict.fromkeys(always_excluded() + constant))
-    return [*args, f"{EXCLUDE_KEY}=[{','.join(keys)}]"]
-
-
-def job_overrides(args: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of each job the command would run (one for a single run)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(args)
-    if not multirun:
-        return [args]
-    batches = BasicSweeper.split_arguments(parsed, None)
-    return [job for batch in batches for job in batch]
-
-
-def validate(args: list[str], multirun: bool) -> None:
-    """Compose and check every job's config; raise UserError on the first bad one."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from vaerun.assemble import typed
-    from vaerun.errors import UserError
-
-    try:
-        jobs = job_overrides(args, multirun)
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            for job in jobs:
-                typed(compose("train", overrides=job))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(_explain(e)) from None
-
-
-def _explain(e: BaseException) -> str:
-    """Hydra's message for a bad override, made one line that names the key and the fix."""
-    msg = _one_line(e).split(" Config search path:")[0]
-    unknown = re.search(r"Could not override '([^']+)'", msg)
-    if unknown:
-        key = unknown.group(1)
-        group = key.split(".")[0]
-        return (f"{key} is not a key of this config (check the spelling, or pick a {group} "
-                f"option that has it, e.g. vaerun train {group}=... {key}=...; "
-                f"`vaerun train --cfg job` lists the keys)")
-    missing = re.search(r"Could not find '([^/']+)/([^']+)' Available options in '[^']+': (.*)", msg)
-    if missing:
-        group, name, options = missing.groups()
-        return f"{group}={name} is not an option; choose one of: {', '.join(options.split())}"
-    if "Ambiguous value" in msg:
-        msg += " (a sweep needs -m: vaerun train -m ...)"
-    return msg
-
-
-def _log_to_file(log: logging.Logger, msg: str) -> None:
+def _log_to_file(msg: str) -> None:
     """Record an error in the run's log file only: the console gets the one `error:` line."""
+    log = logging.getLogger("vaerun")
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
 
 
+RESUME_FIX = ("the last checkpoint and records are whole; free space or make the folder "
+              "writable, then resume with trainer.resume=true")
+
+
+def write_error(e: OSError, fix: str = RESUME_FIX) -> str:
+    """An OSError of a write (a full disk, a read-only folder) as one line."""
+    name = os.fsdecode(e.filename) if e.filename else ""
+    return f"could not write{' ' + name if name else ''}: {e.strerror or e}; {fix}"
+
+
+def _quiet_thread_write_errors(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's event writer thread dies of a disk error with a traceback; the same error
+    reaches the main thread at the next flush, which reports it as one line."""
+    if not isinstance(args.exc_value, OSError):
+        threading.__excepthook__(args)
+
+
 def _train_task(cfg) -> int:
+    """One job: train it, and turn what ends it into an exit status. In the `vaerun train`
+    process (the basic launcher) the status is recorded for the command's own, and an
+    interruption stops the whole sweep; in a worker (joblib) it is returned to the launcher;
+    in a submitit job a failure ends the process with it."""
     from hydra.core.hydra_config import HydraConfig
 
+    from vaerun import jobs
+
+    code = _run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if os.getpid() == jobs.MAIN_PID:
+        jobs.EXIT_CODES.append(code)
+        if code > 128:  # a stop signal: no further job
+            raise SystemExit(code)
+    elif code and os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own: SLURM and
+        raise SystemExit(code)  # submitit record a failure only if the process fails
+    return code
+
+
+def _run_job(cfg, run_dir: Path) -> int:
     from vaerun.assemble import typed
-    from vaerun.errors import Interrupted, NonFiniteError, UserError
+    from vaerun.errors import Interrupted, NonFiniteError, Refused, UserError
+    from vaerun.jobs import hydra_files
     from vaerun.train import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    log = logging.getLogger("vaerun")
     try:
-        train(typed(cfg), run_dir)
-        code = 0
+        train(typed(cfg), run_dir, record=hydra_files(cfg))
+        return 0
     except (UserError, NonFiniteError) as e:
-        _log_to_file(log, str(e))
-        code = error(str(e), e.exit_code)
+        if not isinstance(e, Refused):  # a refused directory gets no line in its log
+            _log_to_file(str(e))
+        return error(str(e), e.exit_code)
+    except OSError as e:
+        _log_to_file(write_error(e))
+        return error(write_error(e))
     except Interrupted as e:
-        log.warning("interrupted: checkpoint written to %s; continue with trainer.resume=true "
-                    "hydra.run.dir=%s", run_dir, run_dir)
-        EXIT_CODES.append(e.exit_code)
-        raise SystemExit(e.exit_code) from None
-    EXIT_CODES.append(code)
-    return code
+        logging.getLogger("vaerun").warning(
+            "interrupted: checkpoint written to %s; continue with trainer.resume=true "
+            "hydra.run.dir=%s", run_dir, run_dir)
+        return e.exit_code
 
 
 def train_main(args: list[str]) -> int:
     import hydra
 
+    from vaerun import jobs
     from vaerun.errors import UserError
+    from vaerun.jobs import (
+        CONFIG_NAME,
+        is_multirun,
+        name_by_swept_keys,
+        parse,
+        single_run_dir,
+        validate,
+    )
 
-    flags = [a for a in args if a.startswith("-")]
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    # With Hydra's other flags (--help, --cfg job, -cp DIR, ...) Hydra alone reads the line.
-    if all(f in ("-m", "--multirun") for f in flags):
-        try:
-            validate([a for a in args if not a.startswith("-")], multirun)
-        except UserError as e:
-            return error(str(e))
-        if multirun:
-            args = name_by_swept_keys(args)
-    app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="train",
+    try:
+        ns = parse(args)
+    except SystemExit:  # a bad flag: Hydra's own usage message follows
+        ns = None
+    try:
+        if ns is not None:
+            composed = validate(ns)  # every job, whatever the flags, before the first one runs
+            run_dir = single_run_dir(ns, composed)
+            args = [*args, run_dir] if run_dir else args
+            args = name_by_swept_keys(args) if is_multirun(ns) else args
+    except UserError as e:
+        return error(str(e))
+    app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME,
                      version_base="1.3")(_train_task)
-    EXIT_CODES.clear()
+    jobs.EXIT_CODES.clear()
+    jobs.MAIN_PID = os.getpid()
     saved = sys.argv
     sys.argv = ["vaerun train", *args]
     try:
         app()
     finally:
         sys.argv = saved
-    return max(EXIT_CODES, default=0)
+    return max(jobs.EXIT_CODES, default=0)
 
 
 def key_values(args: list[str], usage: str) -> dict[str, str]:
@@ -199,7 +166,7 @@ EVAL_USAGE = "vaerun eval run_dir=PATH [eval.iwae_k=K] [trainer.device=cpu]"
 
 def eval_main(args: list[str]) -> int:
     """`vaerun eval run_dir=PATH [eval.iwae_k=K] [eval.batch_size=N] [trainer.device=...]`."""
-    from vaerun.errors import UserError
+    from vaerun.errors import Interrupted, UserError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
                         stream=sys.stdout)
@@ -214,6 +181,11 @@ def eval_main(args: list[str]) -> int:
         metrics = _evaluate(run_dir, pairs)
     except UserError as e:
         return error(str(e))
+    except OSError as e:
+        return error(write_error(e, "its records are as they were; free space or make the "
+                                    "folder writable"))
+    except Interrupted as e:
+        return e.exit_code
     for k, v in metrics.items():
         print(f"test/{k} = {v:.6g}")
     print(f"merged into {run_dir / 'metrics.json'} and its TensorBoard events")
@@ -221,16 +193,22 @@ def eval_main(args: list[str]) -> int:
 
 
 def _evaluate(run_dir: Path, overrides: dict[str, str]) -> dict[str, float]:
+    """Evaluate a saved run into its own records, holding its lock (no train or eval of the
+    same run meanwhile); a stop signal ends it before anything is written."""
     from vaerun.assemble import load_run
     from vaerun.evaluate import evaluate_run
     from vaerun.logs import RunLog
+    from vaerun.rundir import RunLock
+    from vaerun.signals import STOP
 
-    cfg, data, vae, state = load_run(run_dir, overrides)
-    runlog = RunLog(run_dir)
-    try:
-        return evaluate_run(vae, data, cfg, runlog, state["step"])
-    finally:
-        runlog.close()
+    with STOP.active(), RunLock(run_dir, "eval") as lock:
+        cfg, data, vae, state = load_run(run_dir, overrides)
+        runlog = RunLog(run_dir)
+        lock.claim()
+        try:
+            return evaluate_run(vae, data, cfg, runlog, state["step"], poll=STOP.check)
+        finally:
+            runlog.close()
 
 
 REPORT_USAGE = "vaerun report sweep_dir=PATH"
@@ -251,6 +229,9 @@ def report_main(args: list[str]) -> int:
         paths = report(Path(pairs["sweep_dir"]))
     except UserError as e:
         return error(str(e))
+    except OSError as e:
+        return error(write_error(e, "no report file was replaced; free space or make the "
+                                    "folder writable"))
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -267,10 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vaerun {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        return train_main(rest)
-    if command == "eval":
-        return eval_main(rest)
+    if command in ("train", "eval"):
+        from vaerun.signals import STOP  # first thing: a signal from now on is a stop request
+
+        STOP.install()
+        threading.excepthook = _quiet_thread_write_errors
+        code = train_main(rest) if command == "train" else eval_main(rest)
+        return 128 + STOP.signum if STOP.requested else code
     if command == "report":
         return report_main(rest)
     return error(f"unknown command {command!r}; choose train, eval or report (vaerun --help)")

@@ -10,6 +10,7 @@ run imports them (vaerun.assemble) before calling `typed`.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -20,6 +21,14 @@ from omegaconf.errors import OmegaConfBaseException
 from vaerun.errors import ConfigError
 
 REGISTRIES: dict[str, dict[str, type]] = {}  # group -> {name: class}, filled by the parts
+TOP_KEYS = ("dataset", "likelihood", "model", "optimizer", "trainer", "eval", "beta")
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean X?)' for the closest of `options`, or ''."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def is_number(value: Any) -> bool:
@@ -131,6 +140,8 @@ class TrainerConfig:
         require_at_least(f"{key}.eval_batch_size", self.eval_batch_size, 1)
         if self.threads is not None:
             require_at_least(f"{key}.threads", self.threads, 1)
+        if self.seed is not None:
+            require_seed(f"{key}.seed", self.seed)
         devices = ("auto", "cpu", "cuda", "mps")
         ok = self.device in devices or self.device.startswith("cuda:")
         require(ok, f"{key}.device", self.device, "choose auto, cpu, cuda, cuda:N or mps")
@@ -145,6 +156,12 @@ class EvalConfig:
     def check(self, key: str) -> None:
         require_at_least(f"{key}.iwae_k", self.iwae_k, 0)
         require_at_least(f"{key}.batch_size", self.batch_size, 1)
+        require_seed(f"{key}.seed", self.seed)
+
+
+def require_seed(key: str, value: Any) -> None:
+    require(isinstance(value, int) and 0 <= value <= MAX_SEED, key, value,
+            f"must be an integer from 0 to 2^63 - 1 = {MAX_SEED}")
 
 
 @dataclass
@@ -161,9 +178,40 @@ class RunConfig:
     plain: dict = field(repr=False, default_factory=dict)
 
 
+def refuse_environment(node: Any, path: str = "") -> None:
+    """No ${oc.env:...} in a run's config: its resolved value would be stored in the
+    checkpoint and metrics (a secret, or a value no one can see in the command)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not (path == "" and k == "hydra"):
+                refuse_environment(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            refuse_environment(v, f"{path}[{i}]")
+    elif isinstance(node, str) and "oc.env" in node:
+        raise ConfigError(path, node, "environment variables are not read into a run's config "
+                          "(the checkpoint would store their value); write the value itself")
+
+
+def refuse_unknown(raw: dict) -> None:
+    for k, v in raw.items():
+        if k not in TOP_KEYS and k != "hydra":
+            raise ConfigError(str(k), v, "not a key of vaerun's config, which has "
+                              f"{', '.join(TOP_KEYS)}{did_you_mean(str(k), TOP_KEYS)}")
+
+
 def typed(cfg: DictConfig) -> RunConfig:
     """Validate a composed config (no `hydra` node needed) and return its typed form.
     The part modules must be imported first (they fill the registries)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    refuse_environment(raw)
+    refuse_unknown(raw)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(getattr(e, "full_key", "") or "config"), None,
+                          str(getattr(e, "msg", e)).splitlines()[0]) from None
+    plain.pop("hydra", None)
     beta = cfg.get("beta")
     require(is_number(beta) and math.isfinite(beta) and beta >= 0, "beta", beta,
             "must be a finite number >= 0")
@@ -171,8 +219,6 @@ def typed(cfg: DictConfig) -> RunConfig:
     require(isinstance(opt, DictConfig) and "_target_" in opt, "optimizer", opt,
             "choose one of the optimizer configs (adam, adamw, sgd, rmsprop)")
     require_positive("optimizer.lr", opt.get("lr"))
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    plain.pop("hydra", None)
     return RunConfig(
         dataset=typed_group("dataset", cfg.get("dataset")),
         likelihood=typed_group("likelihood", cfg.get("likelihood")),
@@ -185,15 +231,49 @@ def typed(cfg: DictConfig) -> RunConfig:
     )
 
 
+HEADLINE = ["test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/nll_iwae",
+            "test/bits_per_dim", "test/active_units"]  # HParams' metric columns, in this order
+PARTS = ("likelihood", "dataset", "model")
+UNTRACKED = ("trainer.resume",)  # keys that never change what a run computes
+
+
 def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
     """The hyperparameters runs are compared by (TensorBoard's HParams): every key of each part
-    as the part reports it (`dataset`, `likelihood.sigma`, ...), and the training keys."""
+    as the part reports it (`likelihood`, `likelihood.sigma`, ...), and the training keys."""
     out: dict[str, Any] = {}
-    for group in ("dataset", "likelihood", "model"):
+    for group in PARTS:
         part = getattr(cfg, group)
         for k, v in lookup(group, part.name).hparams(part).items():
             out[group if k == "name" else f"{group}.{k}"] = v
-    t = cfg.trainer
-    out.update(beta=cfg.beta, optimizer=str(cfg.optimizer["_target_"]).rsplit(".", 1)[-1],
-               lr=cfg.optimizer["lr"], seed=seed, epochs=t.epochs, batch_size=t.batch_size)
-    return out
+    out["optimizer"] = str(cfg.optimizer["_target_"]).rsplit(".", 1)[-1]
+    out.update({f"optimizer.{k}": v for k, v in cfg.optimizer.items() if k != "_target_"})
+    for group in ("trainer", "eval"):
+        out.update({f"{group}.{f.name}": _plain(getattr(getattr(cfg, group), f.name))
+                    for f in fields(getattr(cfg, group))})
+    out.update({"beta": cfg.beta, "trainer.seed": seed})
+    return {k: v for k, v in out.items() if k not in UNTRACKED and v is not None
+            and isinstance(v, (bool, int, float, str))}
+
+
+def hparam_columns() -> dict[str, type]:
+    """Every hyperparameter any run can report (all registered parts' keys), with its type: the
+    same column list in every run's HParams experiment, whichever run TensorBoard reads it from."""
+    cols: dict[str, type] = {}
+    for group in PARTS:
+        cols[group] = str
+        for cls in REGISTRIES[group].values():
+            reported = cls.hparams(cls.Config())
+            for f in fields(cls.Config):
+                if f.name != "name" and f.name in reported:
+                    cols[f"{group}.{f.name}"] = _kind(f.type)
+    cols.update({"optimizer": str, "optimizer.lr": float, "optimizer.weight_decay": float,
+                 "optimizer.momentum": float})
+    for group, schema in (("trainer", TrainerConfig), ("eval", EvalConfig)):
+        cols.update({f"{group}.{f.name}": _kind(f.type) for f in fields(schema)})
+    cols["beta"] = float
+    return {k: v for k, v in cols.items() if k not in UNTRACKED}
+
+
+def _kind(annotation: Any) -> type:
+    text = str(annotation)
+    return bool if "bool" in text else float if ("int" in text or "float" in text) else str

@@ -12,6 +12,7 @@ import enum
 import gzip
 import hashlib
 import logging
+import shutil
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -61,9 +62,10 @@ class DataConfig:
     download: bool = True  # torchvision's download when files are missing under `root`
 
     def check(self, key: str) -> None:
-        for k in ("n_train", "n_test"):
-            if getattr(self, k) is not None:
-                require_at_least(f"{key}.{k}", getattr(self, k), 1)
+        if self.n_train is not None:
+            require_at_least(f"{key}.n_train", self.n_train, 1)
+        if self.n_test is not None:  # active units are a variance over the test images
+            require_at_least(f"{key}.n_test", self.n_test, 2)
 
 
 class Dataset(Registered):
@@ -79,6 +81,7 @@ class Dataset(Registered):
     sha256: ClassVar[dict[str, str]]  # uncompressed SHA-256 of each file
 
     sizes: ClassVar[tuple[int, int] | None] = None  # (train, test) images, when always the same
+    shape: ClassVar[tuple[int, ...] | None] = None  # (C, H, W) of an image, when known up front
     missing_hint: ClassVar[str] = "set dataset.root=null to use the bundled copy"
 
     @property
@@ -93,6 +96,9 @@ class Dataset(Registered):
 
     @classmethod
     def validate(cls, cfg: DataConfig, key: str) -> None:
+        if cfg.root is not None and not Path(cfg.root).expanduser().is_dir():
+            raise ConfigError(f"{key}.root", cfg.root, f"not a directory; create it (for "
+                              f"torchvision's download), or {cls.missing_hint}")
         for k, total in zip(("n_train", "n_test"), cls.sizes or (), strict=False):
             n = getattr(cfg, k)
             if n is not None and n > total:
@@ -106,13 +112,15 @@ class Dataset(Registered):
         test = self._load(self.test_file, cfg.n_test, "n_test")
         self.image_shape = (1, *train.shape[1:])
         self.dim = int(np.prod(train.shape[1:]))
-        as_tensor = lambda a: torch.from_numpy(a.reshape(len(a), -1).copy()).to(self.device)  # noqa: E731
-        self.train = self.fixed(as_tensor(train), "train")
-        self.test = self.fixed(as_tensor(test), "test")
+        # fixed noise is drawn on the CPU, then moved: the same test set on every device
+        as_tensor = lambda a: torch.from_numpy(a.reshape(len(a), -1).copy())  # noqa: E731
+        self.train = self.fixed(as_tensor(train), "train").to(self.device)
+        self.test = self.fixed(as_tensor(test), "test").to(self.device)
 
     # -- what subclasses change ------------------------------------------------------------
     def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
-        """uint8 pixels -> the float tensor kept in memory (noise that never changes)."""
+        """uint8 pixels (on the CPU) -> the float tensor kept in memory, with any noise that
+        never changes (drawn with `cpu_generator`)."""
         return pixels.float().div_(255.0)
 
     def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -124,7 +132,13 @@ class Dataset(Registered):
         return self.fresh(self.train[index], generator)
 
     def generator(self, seed: int) -> torch.Generator:
+        """The training noise's stream, on the training device (fast; it is saved with the
+        checkpoint, whose resume therefore keeps the device)."""
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    @staticmethod
+    def cpu_generator(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
 
     def _paths(self, base: str) -> tuple[list[Path], str]:
         if self.cfg.root is None:
@@ -141,14 +155,27 @@ class Dataset(Registered):
         return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
 
     def _download(self) -> None:
+        """torchvision's download into an existing `root`; what it created is removed again
+        when it fails, so a failed command leaves nothing behind."""
         import torchvision
 
+        root = Path(self.cfg.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"dataset.root={self.cfg.root} is not a directory; create it for "
+                            f"torchvision's download, or {self.missing_hint}")
+        target = root / self.folder  # what torchvision writes into
+        before = set(target.rglob("*")) if target.exists() else None
         cls = getattr(torchvision.datasets, self.folder)
         log.info("downloading %s into %s with torchvision", self.name, self.cfg.root)
         try:
             for train in (True, False):
-                cls(self.cfg.root, train=train, download=True)
+                cls(str(root), train=train, download=True)
         except Exception as e:  # network or disk errors, reported as one line
+            if before is None:
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                for p in sorted(set(target.rglob("*")) - before, reverse=True):  # deepest first
+                    p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
             raise DataError(f"{self.name} is not under {self.cfg.root} and torchvision could not "
                             f"download it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                             f"; copy the files there or {self.missing_hint}") from None
@@ -173,6 +200,7 @@ class MNIST(Dataset):
     name = "mnist"
     folder = "MNIST"
     sizes = (60000, 10000)
+    shape = (1, 28, 28)
     bundled = "mnist"
     train_file = "train-images-idx3-ubyte"
     test_file = "t10k-images-idx3-ubyte"
@@ -197,7 +225,7 @@ class MNIST(Dataset):
             return super().fixed(pixels, split)
         x = pixels.float()
         if split == "test":
-            x += torch.rand(x.shape, generator=self.generator(TEST_NOISE_SEED), device=self.device)
+            x += torch.rand(x.shape, generator=self.cpu_generator(TEST_NOISE_SEED))
         return x.div_(256.0)
 
     def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -234,7 +262,7 @@ class MNISTBinary(MNIST):
         if split == "train" and self.cfg.binarize == Binarize.dynamic:
             return grey
         seed = STATIC_TRAIN_SEED if split == "train" else TEST_NOISE_SEED
-        return torch.bernoulli(grey, generator=self.generator(seed))
+        return torch.bernoulli(grey, generator=self.cpu_generator(seed))
 
     def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.cfg.binarize == Binarize.dynamic:

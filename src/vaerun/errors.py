@@ -9,6 +9,11 @@ class UserError(Exception):
     exit_code = 2
 
 
+class Refused(UserError):
+    """A run directory this command may not use (it holds another run, or is in use): nothing
+    is written there."""
+
+
 class ConfigError(UserError):
     """A config key holds a value that is not allowed."""
 

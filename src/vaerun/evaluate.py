@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,9 +111,15 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
         "kl_dim_min": kl_dims.min().item(),
     }
     if e.iwae_k > 0:
+        n = len(data.test)
+        log.info("test: IWAE bound on -log p(x), %d importance samples for each of %d test "
+                 "images (%.3g decoder passes; eval.iwae_k=0 skips it)", e.iwae_k, n, e.iwae_k * n)
+        started = time.perf_counter()
         nll = iwae_nll(vae, data.test, e.iwae_k, e.batch_size, e.seed, progress,
                        poll).mean().item()
-        out.update(nll_iwae=nll, iwae_k=float(e.iwae_k))
+        seconds = time.perf_counter() - started
+        log.info("test: IWAE took %.1f s: nll_iwae %.4f nats per image", seconds, nll)
+        out.update(nll_iwae=nll, iwae_k=float(e.iwae_k), iwae_seconds=seconds)
         bpd, why = vae.likelihood.bits_per_dim(nll, data.values)
         if bpd is None:
             log.info("no test/bits_per_dim: %s", why)
@@ -172,7 +179,7 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
         log.info("exact -log p(x) = %.4f nats per image; the bounds lie above it by: %s",
                  metrics["nll_exact"], ", ".join(g for g in gaps if g))
     runlog.scalars("test", metrics, step)
-    runlog.update_split("test", metrics, bits_per_dim_data=data.values)
+    runlog.update_split("test", metrics, step, bits_per_dim_data=data.values)
     write_pictures(vae, data, runlog, step, kl_dims)
     runlog.flush()
     return metrics

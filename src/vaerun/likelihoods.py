@@ -69,11 +69,13 @@ class Likelihood(Registered, nn.Module):
     params_per_pixel: ClassVar[int] = 1
     support: ClassVar[str] = "real"
 
-    def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid"):
+    def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid",
+                 batch_size: int = 128):
         nn.Module.__init__(self)
         self.cfg = cfg
         self.dim = dim
         self.link = LINKS[link]
+        self.batch_size = batch_size  # the training batch's images (reduction=batch_mean)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         """The distribution p(x|z) for a batch (x is used only by likelihoods fitted to it)."""
@@ -88,6 +90,10 @@ class Likelihood(Registered, nn.Module):
         """Extra per-image terms worth logging (nats per image unless named otherwise)."""
         return {}
 
+    def pixel_report(self, pixel_mse: Tensor) -> dict[str, float]:
+        """Test-set numbers that need each pixel's MSE over the images (none by default)."""
+        return {}
+
     def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
         """What the loss puts in place of −log p(x|z); differs from it only by a constant."""
         return -log_px_z
@@ -100,9 +106,10 @@ class Likelihood(Registered, nn.Module):
     def explain(self, values: str) -> str | None:
         """A one-time note on what this likelihood is for data whose values are `values`."""
         if self.support == "binary" and values != "binary":
-            return (f"likelihood={self.name} on grey values: log p(x|z) = -BCE is not a "
-                    "normalised density on [0, 1], so its nats are not a log-likelihood of this "
-                    "data; use likelihood=continuous_bernoulli or dataset=mnist_binary")
+            return (f"likelihood={self.name} on grey values, as the PyTorch examples VAE has it "
+                    "(vaerun's default reproduces it on purpose): log p(x|z) = -BCE is not a "
+                    "normalised density on [0, 1], so its nats are no log-likelihood of these "
+                    "data; for one, use likelihood=continuous_bernoulli or dataset=mnist_binary")
         if self.support == "8bit" and values != "8bit":
             return (f"likelihood={self.name} is a distribution over the 256 grey levels k/255 "
                     f"and these data are {values}: each value counts as its nearest grey level, "
@@ -205,6 +212,9 @@ class Laplace(Likelihood):
 class Reduction(str, enum.Enum):
     sum = "sum"  # the true log-likelihood: SSE/(2σ²), summed over pixels
     mean = "mean"  # F.mse_loss's default: the per-pixel mean, i.e. a Gaussian with σ² = D/2
+    # F.mse_loss(x_hat, x) over the whole batch (B·D numbers) beside a KL summed over the batch,
+    # as the PyTorch examples VAE becomes with MSE for BCE: a Gaussian with σ² = B·D/2
+    batch_mean = "batch_mean"
 
 
 class Gaussian(Likelihood):
@@ -225,20 +235,29 @@ class Gaussian(Likelihood):
     def isotropic_sigma(self) -> tuple[float, bool] | None:
         return math.exp(self.log_sigma(None, None).item()), False
 
+    def variance(self) -> float:
+        """σ²: likelihood.sigma², or the σ² its reduction makes of F.mse_loss."""
+        r = self.cfg.reduction
+        return (self.cfg.sigma**2 if r == Reduction.sum else self.dim / 2
+                if r == Reduction.mean else self.batch_size * self.dim / 2)
+
     def explain(self, values: str) -> str | None:
-        if self.cfg.reduction != Reduction.mean:
+        r = self.cfg.reduction
+        if r == Reduction.sum:
             return super().explain(values)
-        return ("likelihood.reduction=mean: the loss is F.mse_loss(x_hat, x) (mean over pixels) "
-                f"+ KL, which is a Gaussian with sigma^2 = D/2 = {self.dim / 2:g} (sigma = "
-                f"{math.sqrt(self.dim / 2):.4g}); likelihood.sigma is ignored and log_px_z, elbo "
-                "are those of that model")
+        what = ("F.mse_loss(x_hat, x) (mean over the D pixels) + KL: a Gaussian with sigma^2 = "
+                f"D/2 = {self.dim / 2:g}" if r == Reduction.mean else
+                "F.mse_loss(x_hat, x) over the whole batch (B*D numbers) + KL summed over the "
+                f"batch: a Gaussian with sigma^2 = B*D/2 = {self.variance():g} at B = "
+                f"trainer.batch_size = {self.batch_size}, so sigma changes with the batch size")
+        return (f"likelihood.reduction={r.value}: the loss is {what} (sigma = "
+                f"{math.sqrt(self.variance()):.4g}); likelihood.sigma is ignored and log_px_z, "
+                "elbo are those of that model")
 
     def log_sigma(self, out: Tensor | None, x: Tensor | None) -> Tensor:
         """log σ, broadcastable to [B, D]."""
         device = None if out is None else out.device
-        if self.cfg.reduction == Reduction.mean:
-            return torch.tensor(0.5 * math.log(self.dim / 2), device=device)
-        return torch.tensor(math.log(self.cfg.sigma), device=device)
+        return torch.tensor(0.5 * math.log(self.variance()), device=device)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         return pixels(Normal(self.mean(out), self.log_sigma(out, x).exp(), validate_args=False))
@@ -253,11 +272,14 @@ class Gaussian(Likelihood):
         }
 
     def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
-        if self.cfg.reduction == Reduction.mean:
-            # F.mse_loss(x_hat, x) per image, as common code writes it: −log p(x|z) of the
-            # Gaussian with σ² = D/2, less its constant (D/2)·log(2πσ²)
-            return F.mse_loss(self.mean(out), x, reduction="none").mean(-1)
-        return -log_px_z
+        r = self.cfg.reduction
+        if r == Reduction.sum:
+            return -log_px_z
+        # F.mse_loss(x_hat, x), as common code writes it: −log p(x|z) of the Gaussian with
+        # σ² = D/2 (per image) or B·D/2 (over the batch; B the images in this batch, as in the
+        # wild), less its constant (D/2)·log(2πσ²)
+        per_image = F.mse_loss(self.mean(out), x, reduction="none").mean(-1)
+        return per_image if r == Reduction.mean else per_image / len(x)
 
 
 class Variance(str, enum.Enum):
@@ -293,8 +315,8 @@ class GaussianLearned(Gaussian):
             require(self.reduction == Reduction.sum, f"{key}.reduction", self.reduction.value,
                     "a learned σ needs reduction=sum")
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
-        super().__init__(cfg, dim, link)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
+        super().__init__(cfg, dim, link, batch_size)
         init = torch.tensor(math.log(cfg.init_sigma))
         if cfg.variance == Variance.shared:
             self.shared_log_sigma = nn.Parameter(init)
@@ -306,6 +328,24 @@ class GaussianLearned(Gaussian):
         # per-pixel MSE, so the test likelihood is that of a fixed model, never fitted to test data.
         self.register_buffer("mse_avg", torch.zeros(()))
         self.register_buffer("mse_weight", torch.zeros(()))
+
+    @property
+    def per_pixel(self) -> bool:
+        return self.cfg.variance in (Variance.per_pixel, Variance.decoder)
+
+    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
+        terms = super().terms(out, x)
+        if self.per_pixel:  # a geometric mean over pixels: no σ to hold against sqrt(mse)
+            terms["sigma_geomean"] = terms.pop("sigma")
+        return terms
+
+    def pixel_report(self, pixel_mse: Tensor) -> dict[str, float]:
+        """For per-pixel σ: the geometric mean of the per-pixel optimum σ_i*² = MSE_i (with the
+        same soft floor), the number to hold `sigma_geomean` against."""
+        if not self.per_pixel:
+            return {}
+        log_opt = self.bounded(0.5 * pixel_mse.clamp_min(1e-30).log())
+        return {"sigma_optimal_geomean": log_opt.mean().exp().item()}
 
     def isotropic_sigma(self) -> tuple[float, bool] | None:
         v = self.cfg.variance
@@ -376,8 +416,8 @@ class DiscretizedLogistic(Likelihood):
             require_at_least(f"{key}.components", self.components, 1)
             require_floor(f"{key}.min_log_scale", self.min_log_scale)
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
-        super().__init__(cfg, dim, link)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
+        super().__init__(cfg, dim, link, batch_size)
         k = cfg.components
         self.params_per_pixel = 3 * k if k > 1 else 2
 

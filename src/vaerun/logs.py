@@ -11,23 +11,41 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from vaerun.atomic import read_json, write_json
+from vaerun.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A run's metrics.json ({} if there is none); a UserError if it is not one."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = read_json(path)
+        what = f"a {type(metrics).__name__}"
+    except IsADirectoryError:
+        metrics, what = None, "a directory"
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        metrics, what = None, f"no readable JSON ({type(e).__name__})"
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path} is not vaerun's record of a run: it is {what}; move it away "
+                        "(vaerun writes it anew on the next train with trainer.resume=true or "
+                        "eval)")
+    return metrics
+
+
 class RunLog:
+    """metrics.json holds the latest value of every test/* tag, with the step it belongs to
+    under `steps`: a value from an earlier step than the newest is dropped, so a metric of an
+    older model (an IWAE of epoch 5 in a run now at epoch 6) never passes for the current one."""
+
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.json"
+        self.metrics: dict[str, Any] = read_metrics(self.metrics_path)
         # purge_step: after a resume, TensorBoard drops the events a killed run wrote past its
         # checkpoint, so the curves continue without duplicate points.
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
-        self.metrics_path = self.run_dir / "metrics.json"
-        self.metrics: dict[str, Any] = {}
-        if self.metrics_path.exists():
-            try:
-                self.metrics = read_json(self.metrics_path)
-            except ValueError:
-                log.warning("%s was unreadable; starting it anew", self.metrics_path)
 
     def scalars(self, split: str, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -38,9 +56,17 @@ class RunLog:
         self.metrics.update(entries)
         write_json(self.metrics_path, self.metrics)
 
-    def update_split(self, split: str, values: dict[str, float], **entries: Any) -> None:
+    def update_split(self, split: str, values: dict[str, float], step: int,
+                     **entries: Any) -> None:
+        """Record values as `split/*` at `step`, dropping this split's values of older steps."""
         clean = {f"{split}/{k}": (v if math.isfinite(v) else None) for k, v in values.items()}
-        self.update(**clean, **entries)
+        steps = dict(self.metrics.get("steps") or {})
+        steps.update(dict.fromkeys(clean, step))
+        for key, at in list(steps.items()):
+            if key.startswith(f"{split}/") and at < step:
+                self.metrics.pop(key, None)
+                del steps[key]
+        self.update(**clean, steps=steps, **entries)
 
     def layout(self) -> None:
         """TensorBoard's Custom Scalars tab: the ELBO terms of each split on one chart."""
@@ -52,24 +78,37 @@ class RunLog:
                     "Multiline", [f"{split}/log_px_z", f"{split}/sse_term",
                                   f"{split}/log_norm_term"]],
                 "sigma vs sqrt(mse)": ["Multiline", [f"{split}/sigma", f"{split}/sigma_optimal"]],
+                "per-pixel sigma: geometric means, learned vs optimal": [
+                    "Multiline", [f"{split}/sigma_geomean", f"{split}/sigma_optimal_geomean"]],
             }
             for split in ("test", "train")
         }
         self.writer.add_custom_scalars(charts)
 
-    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+    def hparams(self, values: dict[str, Any], columns: dict[str, type],
+                metric_tags: list[str]) -> None:
         """Record this run's hyperparameters for TensorBoard's HParams dashboard, in this run's
-        own event file (SummaryWriter.add_hparams would make a directory per call); the
-        dashboard joins them with the runs' last test/* scalars."""
+        own event file (SummaryWriter.add_hparams would make a directory per call): the
+        experiment (every column any run can have, and the metric columns in `metric_tags`
+        order: without it TensorBoard lists every scalar tag) and this run's values. The
+        dashboard joins them with the runs' last scalars of those tags."""
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        clean = {k: v for k, v in hparams.items() if v is not None}
-        _, start, end = hparams_summary(clean, dict.fromkeys(metric_tags, 0.0))
-        self.writer.file_writer.add_summary(start)
-        self.writer.file_writer.add_summary(end)
+        blank = {bool: False, float: 0.0, str: ""}
+        experiment, _, _ = hparams_summary({k: blank[t] for k, t in columns.items()},
+                                           dict.fromkeys(metric_tags, 0.0))
+        _, start, end = hparams_summary(values, dict.fromkeys(metric_tags, 0.0))
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
         self.writer.flush()
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close the event file; `quiet`: a write error here is not raised (another
+        error is already on its way out)."""
+        try:
+            self.writer.close()
+        except OSError:
+            if not quiet:
+                raise

@@ -20,10 +20,12 @@ from torch.distributions import kl_divergence
 from vaerun.model import VAE
 
 
-def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True) -> dict[str, Tensor]:
+def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
+               pixel_sse: Tensor | None = None) -> dict[str, Tensor]:
     """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached.
     `bce=False` skips the BCE diagnostic: its logs cost as much as a third of a training step,
-    so the training loop computes it only on the steps it logs."""
+    so the training loop computes it only on the steps it logs. `pixel_sse`, if given, gets
+    each pixel's squared error summed over the batch added to it."""
     q = vae.posterior(x)
     z = q.rsample()
     out = vae.decode(z)
@@ -34,6 +36,8 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True) -> dict[str, 
     loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
     with torch.no_grad():
         mean = lik.mean(out, p_x)
+        if pixel_sse is not None:
+            pixel_sse += (mean - x).square().sum(0)
         terms = {
             "loss": loss,
             "elbo": log_px_z - kl,
@@ -55,6 +59,22 @@ class Meter:
     def __init__(self) -> None:
         self.sums: dict[tuple[str, ...], Tensor] = {}  # keyed by the set of terms of a step
         self.counts: dict[tuple[str, ...], int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def state(self) -> dict:
+        """Plain containers and tensors (a checkpoint holds them; weights_only loads them)."""
+        return {"keys": [list(k) for k in self.sums], "sums": list(self.sums.values()),
+                "counts": [self.counts[k] for k in self.sums]}
+
+    @classmethod
+    def from_state(cls, state: dict | None, device: torch.device) -> Meter:
+        meter = cls()
+        for keys, s, n in zip(*(state or {"keys": [], "sums": [], "counts": []}).values(),
+                              strict=True):
+            meter.sums[tuple(keys)], meter.counts[tuple(keys)] = s.to(device), n
+        return meter
 
     def add(self, terms: dict[str, Tensor]) -> None:
         keys = tuple(terms)
@@ -92,10 +112,11 @@ def evaluate(vae: VAE, x: Tensor, beta: float, batch_size: int, seed: int) -> di
     was_training = vae.training
     vae.eval()
     meter = Meter()
+    pixel_sse = torch.zeros(x.shape[-1], device=x.device)
     try:
         with seeded(seed, x.device):
             for i in range(0, len(x), batch_size):
-                meter.add(elbo_terms(vae, x[i: i + batch_size], beta))
+                meter.add(elbo_terms(vae, x[i: i + batch_size], beta, True, pixel_sse))
     finally:
         vae.train(was_training)
-    return meter.means()
+    return {**meter.means(), **vae.likelihood.pixel_report(pixel_sse / len(x))}

@@ -1,12 +1,20 @@
 """Stop requests: SIGINT and SIGTERM (what a scheduler sends before it stops a job) set a flag
 that the training loop and the evaluation poll at safe points (after a step, between chunks of
-importance samples); the run then writes its checkpoint and exits with 128 + the signal."""
+importance samples); the run then writes its checkpoint and exits with 128 + the signal.
+
+One `STOP` serves the whole process: the CLI installs it first thing, so a signal that arrives
+during start-up is a stop request too, never a KeyboardInterrupt; later signals while stopping
+are noted and ignored, so the checkpoint is always written, and the exit status is always that
+of the first signal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from vaerun.errors import Interrupted
@@ -17,7 +25,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequests:
-    """A context manager that turns the stop signals into a flag for the length of a run."""
+    """The stop signals turned into a flag, for as long as it is installed."""
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
         self.signals = signals
@@ -28,6 +36,10 @@ class StopRequests:
     def requested(self) -> bool:
         return self.signum is not None
 
+    @property
+    def installed(self) -> bool:
+        return bool(self._old)
+
     def check(self) -> None:
         """Raise Interrupted if a stop was asked for (call it where stopping loses nothing)."""
         if self.signum is not None:
@@ -35,16 +47,33 @@ class StopRequests:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt
+            log.warning("signal %d: already stopping (on signal %d); the checkpoint is being "
+                        "written", signum, self.signum)
+            return
         self.signum = signum
         log.warning("signal %d: finishing this step, then writing the checkpoint", signum)
 
-    def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handle) for s in self.signals}
-        return self
+    def install(self) -> bool:
+        """Handle the stop signals from now on (main thread only); True if this call did."""
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return False
+        self._old = {s: signal.signal(s, self._handle) for s in self.signals}
+        return True
 
-    def __exit__(self, *exc: Any) -> None:
+    def uninstall(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[StopRequests]:
+        """Installed for the block (if it was not already: then it stays as it was)."""
+        mine = self.install()
+        try:
+            yield self
+        finally:
+            if mine:
+                self.uninstall()
+
+
+STOP = StopRequests()

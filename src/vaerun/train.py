@@ -20,39 +20,56 @@ from tqdm import tqdm
 
 from vaerun import assemble
 from vaerun.assemble import Session
-from vaerun.atomic import read_json
-from vaerun.config import RunConfig, hparams
+from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
 from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.evaluate import evaluate_run, write_pictures
-from vaerun.logs import RunLog
+from vaerun.logs import RunLog, read_metrics
 from vaerun.objective import Meter, elbo_terms, evaluate
-from vaerun.signals import StopRequests
+from vaerun.rundir import RunLock, clean_stale_temporaries, write_files
+from vaerun.signals import STOP, StopRequests
 
 log = logging.getLogger("vaerun")
 
 
-def train(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Train one run in `run_dir` (new, or resumed from its checkpoint); returns its
-    metrics.json content. Raises Interrupted after writing the checkpoint on a stop signal."""
-    with StopRequests() as stop:
-        session = assemble.start(cfg, run_dir)
+def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None
+          ) -> dict[str, Any]:
+    """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the
+    directory's lock; returns its metrics.json content. `record`: files (the job's config) to
+    write into it once it is accepted. Raises Interrupted on a stop signal, after writing the
+    checkpoint if anything was started."""
+    run_dir, opened = Path(run_dir), time.perf_counter()
+    with STOP.active() as stop, RunLock(run_dir, "train") as lock:
+        stop.check()  # asked to stop before anything started: leave nothing behind
+        session = assemble.start(cfg, run_dir)  # or Refused: nothing written
+        session.opened = opened
+        lock.claim()
+        clean_stale_temporaries(run_dir)
         if session.finished:
             log.info("%s is already finished (%d epochs); nothing to do", run_dir,
                      session.progress.epoch)
-            return read_json(Path(run_dir) / "metrics.json")
-        note = session.vae.likelihood.explain(session.data.values)
-        if note:
-            log.warning(note)
-        p = session.progress
-        runlog = RunLog(run_dir, purge_step=p.step + 1 if session.resumed else None)
-        trainer = Trainer(session, runlog, stop)
-        try:
-            return trainer.run()
-        except NonFiniteError as e:
-            trainer.record("failed", error=str(e))
-            raise
-        finally:
-            runlog.close()
+            return read_metrics(run_dir / "metrics.json")
+        write_files(run_dir, record or {})
+        return _train(session, stop)
+
+
+def _train(session: Session, stop: StopRequests) -> dict[str, Any]:
+    note = session.vae.likelihood.explain(session.data.values)
+    if note:  # what the likelihood is on these data: chosen on purpose, so a note
+        log.info("note: %s", note)
+    p = session.progress
+    runlog = RunLog(session.run_dir, purge_step=p.step + 1 if session.resumed else None)
+    trainer = Trainer(session, runlog, stop)
+    try:
+        metrics = trainer.run()
+    except NonFiniteError as e:
+        trainer.record("failed", error=str(e))
+        runlog.close(quiet=True)
+        raise
+    except BaseException:
+        runlog.close(quiet=True)
+        raise
+    runlog.close()
+    return metrics
 
 
 class Trainer:
@@ -92,7 +109,6 @@ class Trainer:
             p.perm = torch.randperm(self.n, generator=s.gen, device=s.device)
             p.batch = 0
         check_every = 1 if s.device.type == "cpu" else t.log_every  # host syncs free on CPU
-        meter = Meter()
         bar = tqdm(total=self.steps_per_epoch, initial=p.batch, disable=None, leave=False,
                    desc=f"epoch {p.epoch + 1}/{t.epochs}", dynamic_ncols=True)
         started = time.perf_counter()
@@ -106,25 +122,30 @@ class Trainer:
             loss.backward()
             s.opt.step()
             p.step, p.batch = p.step + 1, b + 1
-            meter.add(terms)
+            s.meter.add(terms)
             bar.update()
             if p.step % t.log_every == 0:
-                meter = self.log_train(meter, terms, bar)
+                self.log_train(terms, bar)
             if self.stop.requested:
                 break
+        if p.batch == self.steps_per_epoch and s.meter:  # every step lands in some point
+            self.log_train(terms, bar)
         seconds = time.perf_counter() - started
         p.seconds += seconds
         bar.close()
         return seconds
 
-    def log_train(self, meter: Meter, terms: dict[str, torch.Tensor], bar: tqdm) -> Meter:
-        """Write the means since the last point as train/*; returns a fresh meter."""
-        means = meter.means()
+    def log_train(self, terms: dict[str, torch.Tensor], bar: tqdm) -> None:
+        """Write the means since the last point as train/* (one meter across epochs, saved in
+        the checkpoint: a resumed run writes the same points), then start a new window."""
+        means = self.s.meter.means()
         if not math.isfinite(means["loss"]):
             raise NonFiniteError(self.nonfinite_message(terms, self.p.step))
+        if "bce" in means:  # measured on the window's logging step only (it costs 13% a step)
+            means["bce_last_batch"] = means.pop("bce")
         self.runlog.scalars("train", means, self.p.step)
         bar.set_postfix(loss=f"{means['loss']:.2f}")
-        return Meter()
+        self.s.meter = Meter()
 
     def end_epoch(self, epoch_seconds: float) -> None:
         """After a whole epoch: the test-set terms, pictures, the checkpoint; after a part of
@@ -140,7 +161,7 @@ class Trainer:
         if not math.isfinite(test["loss"]):
             raise NonFiniteError(f"non-finite test loss after epoch {p.epoch}; {self.hint()}")
         self.runlog.scalars("test", test, p.step)
-        self.runlog.update_split("test", test)
+        self.runlog.update_split("test", test, p.step)
         log.info("epoch %d/%d: test loss %.3f, elbo %.3f, log p(x|z) %.3f, kl %.3f, mse %.5f "
                  "(nats per image)", p.epoch, t.epochs, test["loss"], test["elbo"],
                  test["log_px_z"], test["kl"], test["mse"])
@@ -159,8 +180,7 @@ class Trainer:
             self.checkpoint("interrupted")
             raise
         log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-        self.runlog.hparams(hparams(self.cfg, s.seed),
-                            [k for k in self.runlog.metrics if k.startswith("test/")])
+        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(), HEADLINE)
         self.checkpoint("finished")
         log.info("finished %s", s.run_dir)
         return self.runlog.metrics
@@ -177,8 +197,9 @@ class Trainer:
 
     def record(self, status: str, **extra: Any) -> None:
         p = self.p
-        self.runlog.update(status=status, epoch=p.epoch, step=p.step,
-                           train_seconds=round(p.seconds, 3), seed=self.s.seed, **extra)
+        self.runlog.update(status=status, epoch=p.epoch, step=p.step, seed=self.s.seed,
+                           train_seconds=round(p.seconds, 3),
+                           wall_seconds=round(self.s.wall_seconds, 3), **extra)
 
     def halt_if_asked(self) -> None:
         """On a pending stop request: checkpoint where we are, then raise Interrupted."""
