@@ -181,7 +181,7 @@ def test_images_and_hparams_in_tensorboard(vaerun, tmp_path):
         content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["likelihood"].string_value == "gaussian"
     assert start.hparams["likelihood.sigma"].number_value == pytest.approx(0.3)
-    assert start.hparams["lr"].number_value == pytest.approx(1e-3)
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
     assert "custom_scalars__config__" in acc.Tags()["tensors"]
     # no extra run directory, as SummaryWriter.add_hparams would make
     assert not [p for p in run.iterdir() if p.is_dir() and p.name[:1].isdigit()]

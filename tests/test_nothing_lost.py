@@ -417,3 +417,48 @@ def test_files_honour_the_umask(tmp_path, umask):
     for p in (run / "checkpoints" / "last.pt", run / "metrics.json",
               run / "images" / "samples.png", run / ".hydra" / "config.yaml"):
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
+# -- the storm: signals at random instants, then resume -------------------------------------
+STORM = ["dataset.n_train=3000", "dataset.n_test=300", "trainer.epochs=2",
+         "trainer.batch_size=64", "eval.iwae_k=300", "trainer.threads=1", "trainer.log_every=10"]
+COMPARED = ("test/loss", "test/elbo", "test/kl", "test/mse", "test/nll_iwae",
+            "test/active_units")
+
+
+@pytest.mark.slow
+def test_signal_storm_then_resume_equals_uninterrupted(tmp_path):
+    """30 runs, each sent SIGTERM or SIGINT at a random instant from start-up to exit (final
+    evaluation and checkpoint writes included). After each: the checkpoint loads with
+    weights_only, metrics.json agrees with it, and a resume ends as an uninterrupted run."""
+    import random
+
+    full = tmp_path / "full"
+    t0 = time.perf_counter()
+    assert run_process(["train", *STORM, f"hydra.run.dir={full}"], cwd=tmp_path).returncode == 0
+    whole = time.perf_counter() - t0
+    reference = metrics(full)
+    rng = random.Random(14)
+    seen: dict[str, int] = {}
+    for i in range(30):
+        run, sig = tmp_path / f"r{i}", rng.choice([signal.SIGTERM, signal.SIGINT])
+        proc = start(["train", *STORM, f"hydra.run.dir={run}"], tmp_path)
+        time.sleep(rng.uniform(0, whole * 1.05))
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 128 + sig), (i, proc.returncode, err)
+        assert "Traceback" not in err, (i, err)
+        phase = "before start" if not (run / "checkpoints" / "last.pt").exists() else (
+            metrics(run)["status"] + f" at epoch {state(run)['epoch']}")
+        if (run / "checkpoints" / "last.pt").exists():
+            agree(run)  # loads with weights_only, and the record says the same
+        seen[phase] = seen.get(phase, 0) + 1
+        resumed = run_process(["train", *STORM, f"hydra.run.dir={run}", "trainer.resume=true"],
+                              cwd=tmp_path)
+        assert resumed.returncode == 0, (i, resumed.stderr)
+        m = metrics(run)
+        for k in COMPARED:
+            assert m[k] == pytest.approx(reference[k], rel=1e-6), (i, phase, k)
+    print(f"\nsignal storm: 30 runs of {whole:.1f} s each, stopped at: "
+          + ", ".join(f"{k} ({v})" for k, v in sorted(seen.items())))

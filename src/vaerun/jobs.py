@@ -235,11 +235,13 @@ def run_name(overrides: list[str], when: datetime | None = None) -> str:
     `1125-031200_likelihood=gaussian,likelihood.sigma=1` (`default` if nothing), so runs can be
     told apart in TensorBoard as sweep jobs are."""
     skip = set(always_excluded())
-    items = sorted(o.lstrip("+~") for o in overrides
-                   if not o.lstrip("+~").startswith("hydra") and o.split("=")[0].lstrip("+~")
-                   not in skip)
-    what = ",".join(items).replace("/", "_") or "default"
-    return f"{(when or datetime.now()):%m%d-%H%M%S}_{what[:150]}"
+    given = {}  # key -> key=value, the last one of a key winning (as in Hydra)
+    for o in overrides:
+        key = o.split("=")[0].lstrip("+~")
+        if not key.startswith("hydra") and key not in skip:
+            given[key] = o.lstrip("+~")
+    what = ",".join(sorted(given.values())).replace("/", "_") or "default"
+    return f"{(when or datetime.now()):%m%d-%H%M%S}_{what[:200]}"
 
 
 def single_run_dir(ns: argparse.Namespace, jobs: list[DictConfig]) -> str | None:

@@ -245,7 +245,8 @@ def kl_per_dim(groups: list[Group]) -> bytes:
                 lw=1, label="pPCA: ½ log(λ/σ²)")
         ax.set_title(g.label, fontsize=7)
         ax.tick_params(labelsize=6)
-    axes.flat[0].legend(fontsize=6)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=6)
     fig.supxlabel("latent dimensions, by KL", fontsize=8)
     fig.supylabel("KL (nats per image)", fontsize=8)
     fig.tight_layout()

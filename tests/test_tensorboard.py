@@ -1,0 +1,98 @@
+"""What users see in TensorBoard, asked of a running TensorBoard server (HTTP, as its web page
+asks): the HParams dashboard's columns, and runs named by what they change."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import SMALL
+
+from vaerun.config import HEADLINE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tensorboard(tmp_path):
+    """Start `tensorboard --logdir` on a folder; yields a function that POSTs to its API."""
+    procs = []
+
+    def serve(logdir: Path):
+        port = free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port",
+             str(port), "--host", "127.0.0.1", "--reload_interval", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/data/runs", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+
+        def get(path: str, body: dict | None = None):
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(f"{base}{path}", data=data, headers={
+                "Content-Type": "application/json", "X-XSRF-Protected": "1"})
+            return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+        return get
+
+    yield serve
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_hparams_dashboard_lists_headline_metrics_first_and_the_keys_that_differ(
+        vaerun, tmp_path, tensorboard):
+    sweep = tmp_path / "outputs"
+    assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.reduction=sum,mean",
+                  *SMALL, "trainer.epochs=1", f"hydra.sweep.dir={sweep / 'gauss'}") == 0
+    assert vaerun("train", "-m", "dataset.dequantize=true", "dataset.n_train=256,512",
+                  *SMALL[1:], "trainer.epochs=1", f"hydra.sweep.dir={sweep / 'deq'}") == 0
+    api = tensorboard(sweep)
+    experiment = api("/data/plugin/hparams/experiment", {"experimentName": ""})
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics == HEADLINE  # the headline test metrics, in their order, and only those
+    names = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"likelihood", "likelihood.sigma", "likelihood.reduction", "dataset.n_train",
+            "dataset.dequantize", "optimizer.lr", "trainer.seed"} <= names
+    groups = api("/data/plugin/hparams/session_groups", {
+        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
+        "colParams": [], "startIndex": 0, "sliceSize": 100})
+    values = [g["hparams"] for g in groups["sessionGroups"]]
+    assert len(values) == 4
+    assert {v.get("likelihood.reduction") for v in values} == {"sum", "mean", None}
+    assert {v.get("dataset.n_train") for v in values} >= {256, 512}
+
+
+def test_single_runs_are_named_by_what_they_change(vaerun, tmp_path, tensorboard):
+    assert vaerun("train", *SMALL, "trainer.epochs=1", "likelihood=gaussian",
+                  "likelihood.sigma=1") == 0
+    assert vaerun("train", *SMALL, "trainer.epochs=1") == 0
+    runs = sorted(p.name for p in (tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 2
+    # a short time, then the overrides sorted as Hydra names sweep jobs (the last of a key)
+    assert runs[0].endswith("_dataset.n_test=256,dataset.n_train=512,eval.batch_size=128,"
+                            "eval.iwae_k=4,likelihood.sigma=1,likelihood=gaussian,"
+                            "trainer.batch_size=64,trainer.epochs=1,trainer.log_every=2"), runs
+    assert len(runs[0].split("_", 1)[0]) == len("1125-031200")
+    api = tensorboard(tmp_path / "outputs")
+    listed = api("/data/runs")
+    assert sorted(r.split("/", 1)[1] for r in listed) == runs
