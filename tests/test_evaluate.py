@@ -197,3 +197,14 @@ def test_eval_bad_input(tmp_path, args, key):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert key in proc.stderr
+
+
+@pytest.mark.parametrize("n, nrow, pad", [(13, 8, 1.0), (8, 4, 0.0), (2, 8, 0.5)])  # (n = 1: unpadded)
+def test_make_grid_is_torchvisions_layout(n, nrow, pad):
+    from torchvision.utils import make_grid as torchvision_grid
+
+    from vaerun.pictures import make_grid
+
+    x = torch.rand(n, 1, 5, 7)
+    torch.testing.assert_close(make_grid(x, nrow=nrow, pad_value=pad),
+                               torchvision_grid(x, nrow=nrow, pad_value=pad))

@@ -1,18 +1,38 @@
-"""The pictures people look at first, as torchvision image grids: test images above their
-reconstructions, samples from the prior, latent traversals, and the KL per latent dimension."""
+"""The pictures people look at first, as image grids: test images above their
+reconstructions, samples from the prior, latent traversals, and the KL per latent dimension.
+
+`make_grid` is torchvision's layout in a few lines: importing torchvision.utils loads its model
+zoo and torch._dynamo, a second of start-up for every run.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
 
 from vaerun.atomic import write_atomic
 from vaerun.model import VAE
 from vaerun.objective import seeded
+
+
+def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> Tensor:
+    """[N, C, H, W] images in [0, 1] tiled `nrow` to a row with `padding` pixels between and
+    around them (torchvision.utils.make_grid's layout): a [3, H', W'] image."""
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    n, c, h, w = images.shape
+    cols, rows = min(nrow, n), math.ceil(n / nrow)
+    grid = images.new_full((c, rows * (h + padding) + padding, cols * (w + padding) + padding),
+                           pad_value)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = r * (h + padding) + padding, col * (w + padding) + padding
+        grid[:, top: top + h, left: left + w] = images[i]
+    return grid
 
 
 def _images(vae: VAE, x: Tensor) -> Tensor:
@@ -48,14 +68,15 @@ def traversals(vae: VAE, x: Tensor, dims: list[int], steps: int = 9, span: float
 
 def kl_bar_chart(kl_dims: Tensor) -> Tensor:
     """A bar chart of the mean KL of each latent dimension, as a [3, H, W] image in [0, 1]."""
-    import matplotlib  # here, not at the top: only runs that draw pay for its import
+    # here, not at the top: only runs that draw pay for it; Figure, not pyplot: no GUI machinery
     import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=80)
+    fig = Figure(figsize=(6, 2.5), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.bar(range(len(kl_dims)), kl_dims.cpu().numpy(), color="tab:blue")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("latent dimension")
@@ -63,14 +84,16 @@ def kl_bar_chart(kl_dims: Tensor) -> Tensor:
     fig.tight_layout()
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
     return torch.from_numpy(rgba).permute(2, 0, 1).float() / 255
 
 
 def save_png(grid: Tensor, path: Path) -> None:
-    """Write an image grid as a PNG, atomically."""
+    """Write a [3, H, W] image in [0, 1] as a PNG, atomically."""
+    from PIL import Image  # matplotlib's own dependency
+
+    pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
     buf = io.BytesIO()
-    save_image(grid, buf, format="png")
+    Image.fromarray(pixels.numpy()).save(buf, format="png")
     write_atomic(path, lambda f: f.write(buf.getvalue()))
 
 
