@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vaerun import checkpoint, config
+from vaerun import checkpoint, config, slurm
 from vaerun.config import RunConfig, require
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Refused, UserError
@@ -206,7 +206,7 @@ def _seed(cfg: RunConfig) -> int:
 def _runtime(cfg: RunConfig) -> torch.device:
     """The device, with torch's threads and determinism set as the config asks."""
     t = cfg.trainer
-    set_threads(t.threads)
+    set_threads(t.threads or slurm.cpus_per_task())
     if t.deterministic:
         # bit-identical reruns on GPU too (CPU kernels already are, at a fixed thread count)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -240,7 +240,10 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
     path = checkpoint.checkpoint_path(run_dir)
     state = None
     if path.exists():
-        if not cfg.trainer.resume:
+        if slurm.restarts() and not cfg.trainer.resume:
+            log.info("SLURM restarted this job (restart %d): resuming %s from its checkpoint",
+                     slurm.restarts(), run_dir)
+        elif not cfg.trainer.resume:
             raise Refused(f"{run_dir} already holds a run; add trainer.resume=true to continue "
                           "it, or choose another hydra.run.dir")
         state = checkpoint.load(path)

@@ -84,9 +84,24 @@ def _train_task(cfg) -> int:
         jobs.EXIT_CODES.append(code)
         if code > 128:  # a stop signal: no further job
             raise SystemExit(code)
-    elif code and os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own: SLURM and
-        raise SystemExit(code)  # submitit record a failure only if the process fails
+    elif code and os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own process
+        _hand_back_to_scheduler(code)
+        raise SystemExit(code)  # SLURM and submitit record a failure only if the process fails
     return code
+
+
+def _hand_back_to_scheduler(code: int) -> None:
+    """A job stopped by a signal has written its checkpoint: now let the scheduler bring it
+    back. USR2 (submitit's warning before the time limit): submitit's own handler requeues it
+    (and exits). SIGTERM while SLURM still says RUNNING (a preemption's grace time): requeue."""
+    import signal
+
+    from vaerun import slurm
+
+    if code == 128 + signal.SIGUSR2 and callable(handler := signal.getsignal(signal.SIGUSR2)):
+        handler(signal.SIGUSR2, None)
+    elif code == 128 + signal.SIGTERM:
+        slurm.requeue_if_preempted()
 
 
 def _run_job(cfg, run_dir: Path) -> int:

@@ -133,7 +133,10 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
 def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
     """Where p(x|z) = N(f(z), σ²I): the pPCA reference at this σ (any model), and for a linear
     mean f(z) = Wz + b the exact −log p(x) = −log N(x; b, WWᵀ + σ²I) (nats per image)."""
+    was_training = vae.training
+    vae.eval()  # a learned σ is the model's own at test time (variance=optimal: its average)
     iso = vae.likelihood.isotropic_sigma()
+    vae.train(was_training)
     if iso is None:
         return {}
     sigma, learned = iso

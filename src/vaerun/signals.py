@@ -1,4 +1,5 @@
-"""Stop requests: SIGINT and SIGTERM (what a scheduler sends before it stops a job) set a flag
+"""Stop requests: SIGINT, SIGTERM (what a scheduler sends before it stops a job) and SIGUSR2
+(submitit's warning before a SLURM time limit) set a flag
 that the training loop and the evaluation poll at safe points (after a step, between chunks of
 importance samples); the run then writes its checkpoint and exits with 128 + the signal.
 
@@ -21,7 +22,7 @@ from vaerun.errors import Interrupted
 
 log = logging.getLogger("vaerun")
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopRequests:

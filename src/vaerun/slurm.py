@@ -1,0 +1,64 @@
+"""What a run needs to know of SLURM, from its environment and `scontrol` (nothing here when a
+run is not a SLURM job).
+
+- A job that SLURM (or submitit, through SLURM) restarts has SLURM_RESTART_COUNT > 0: its
+  run resumes from its checkpoint with no flag (vaerun.assemble.start).
+- On SIGTERM, a job still RUNNING is being preempted with a grace time: SLURM would end it as
+  FAILED if it exits by itself, so after its checkpoint it requeues itself (as PyTorch
+  Lightning does). A job that `scancel` or `scontrol requeue` is ending is already COMPLETING:
+  it just saves and exits (and a requeue brings it back).
+- `trainer.threads` defaults to SLURM_CPUS_PER_TASK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+
+log = logging.getLogger("vaerun")
+
+
+def job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def restarts() -> int:
+    """How many times SLURM has restarted this job (0 outside SLURM)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def cpus_per_task() -> int | None:
+    try:
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    except (KeyError, ValueError):
+        return None
+
+
+def job_state() -> str | None:
+    """The job's state as `scontrol show job` has it now (RUNNING, COMPLETING, ...)."""
+    if job_id() is None:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "job", job_id()], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), None)
+
+
+def requeue_if_preempted() -> bool:
+    """After a SIGTERM: if this job is still RUNNING (a preemption's grace time, not a cancel),
+    requeue it; True if it was requeued."""
+    if job_state() != "RUNNING":
+        return False
+    done = subprocess.run(["scontrol", "requeue", job_id()], capture_output=True, text=True)
+    if done.returncode == 0:
+        log.warning("preempted: the checkpoint is written and SLURM job %s is requeued; it "
+                    "resumes from the checkpoint", job_id())
+        return True
+    log.warning("preempted, but `scontrol requeue %s` failed: %s", job_id(), done.stderr.strip())
+    return False
