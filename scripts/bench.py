@@ -10,9 +10,12 @@ Bernoulli decoder), it measures seconds per epoch of:
       files, `ToTensor`, `DataLoader(batch_size=128, shuffle=True)`;
   (c) bare: the same model and loss on in-memory tensors, nothing else (and, for reference,
       the same with Adam's fused kernel, which vaerun uses by default);
+  (d) whole processes, as users run them: `vaerun train trainer.epochs=5` (start-up, 5 epochs,
+      the end-of-run IWAE evaluation and pictures) and the start-up alone
+      (`vaerun train trainer.epochs=0 eval.iwae_k=0`), against the bare loop's 5 epochs;
 
-round-robin (one epoch of each loop per round, a warm-up round first), as the median over
---epochs rounds. It also prints the model's matmul
+round-robin (one epoch, or one process, of each per round, a warm-up round first), as the
+median (and min, max) over --epochs rounds. It also prints the model's matmul
 FLOPs per epoch over `torch.mm`'s measured throughput here: the epoch time the maths alone would
 need at that throughput. Writes the table as JSON (--json).
 
@@ -30,6 +33,7 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +176,27 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
     return epoch
 
 
+def bench_process(out: Path, name: str, args: list[str], threads: int | None):
+    """A whole `vaerun train` process, start-up to exit, as users run it: returns its wall
+    seconds (its metrics.json is kept in `.metrics`)."""
+    count = [0]
+    metrics: list[dict] = []
+
+    def run() -> float:
+        count[0] += 1
+        run_dir = out / f"{name}_{count[0]}"
+        extra = [f"trainer.threads={threads}"] if threads else []
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vaerun", "train", *args, *extra,
+                        f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+        seconds = time.perf_counter() - t0
+        metrics.append(json.loads((run_dir / "metrics.json").read_text()))
+        return seconds
+
+    run.metrics = metrics  # type: ignore[attr-defined]
+    return run
+
+
 def matmul_throughput(device: torch.device) -> dict[str, float]:
     """GFLOP/s of torch.mm: on a large square product, and on this model's own shapes."""
 
@@ -205,6 +230,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--skip-process", action="store_true",
+                   help="leave out the whole-process runs (vaerun train trainer.epochs=5, start-up)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     a = p.parse_args()
     if a.threads:
@@ -229,7 +256,7 @@ def main() -> int:
         def record(name, times, **extra):
             med = statistics.median(times)
             rows[name] = {"seconds_per_epoch": med, "images_per_second": n / med,
-                          "epoch_times": times,
+                          "epoch_times": times, "min": min(times), "max": max(times),
                           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                           **extra}
 
@@ -247,6 +274,10 @@ def main() -> int:
             for name, epoch in loops.items():
                 evals = getattr(epoch, "eval_seconds", None)
                 extra = {"test_eval_seconds": statistics.median(evals[1:])} if evals else {}
+                runs = getattr(epoch, "metrics", None)
+                if runs and "test/iwae_seconds" in runs[-1]:
+                    extra["iwae_seconds"] = [m["test/iwae_seconds"] for m in runs[1:]]
+                    extra["train_seconds"] = [m["train_seconds"] for m in runs[1:]]
                 record(name, times[name], **extra)
 
         loops = {"a_vaerun": bench_vaerun(tmp, a.batch_size, a.device, a.threads, False),
@@ -256,6 +287,11 @@ def main() -> int:
             loops["b_reference"] = bench_reference(tmp, a.batch_size, device)
         loops["c_bare"] = bench_bare(x, a.batch_size, False)
         loops["c_bare_fused_adam"] = bench_bare(x, a.batch_size, False, fused=True)
+        if not a.skip_process:  # whole processes, in the same rounds
+            loops["d_process_default_5_epochs"] = bench_process(
+                tmp, "default", ["trainer.epochs=5"], a.threads)
+            loops["d_process_startup"] = bench_process(
+                tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0"], a.threads)
         measure(loops)
         if a.compile:  # last: inductor's compile workers keep using the CPU afterwards
             measure({"a_vaerun_compiled": bench_vaerun(tmp, a.batch_size, a.device, a.threads,
@@ -283,6 +319,20 @@ def main() -> int:
                    / rows["c_bare_fused_adam"]["seconds_per_epoch"]},
         "logging_cost": logging_cost,
     }
+    if "d_process_default_5_epochs" in rows:
+        five_bare = 5 * rows["c_bare"]["seconds_per_epoch"]
+        d, st = rows["d_process_default_5_epochs"], rows["d_process_startup"]
+        iwae = statistics.median(d["iwae_seconds"])
+        epoch = statistics.median(t / 5 for t in d["train_seconds"])
+        result["whole_process"] = {
+            "default_5_epochs_seconds": [d["min"], d["seconds_per_epoch"], d["max"]],
+            "startup_seconds": [st["min"], st["seconds_per_epoch"], st["max"]],
+            "bare_loop_5_epochs_seconds": five_bare,
+            "iwae_seconds": iwae, "epoch_seconds_in_that_run": epoch}
+        result["ratios"].update(
+            default_5_epochs_over_bare_5_epochs=d["seconds_per_epoch"] / five_bare,
+            startup_over_bare_5_epochs=st["seconds_per_epoch"] / five_bare,
+            iwae_in_epochs=iwae / epoch)
     if "b_reference" in rows:
         result["ratios"]["a_over_b"] = (rows["a_vaerun"]["seconds_per_epoch"]
                                         / rows["b_reference"]["seconds_per_epoch"])
@@ -291,12 +341,12 @@ def main() -> int:
 
     print(f"\nvaerun bench: {n} images/epoch, batch {a.batch_size}, {torch.get_num_threads()} "
           f"threads, {device}, torch {torch.__version__}")
-    print(f"{'loop':22} {'s/epoch':>8} {'images/s':>9} {'of peak':>8} {'test eval s':>11} "
-          f"{'peak RSS MB':>11}")
+    print(f"{'loop (d_: whole process, s)':28} {'s/epoch':>8} {'min':>7} {'max':>7} "
+          f"{'images/s':>9} {'of peak':>8} {'test eval s':>11}")
     for name, r in rows.items():
         ev = f"{r['test_eval_seconds']:.3f}" if "test_eval_seconds" in r else "-"
-        print(f"{name:22} {r['seconds_per_epoch']:8.3f} {r['images_per_second']:9.0f} "
-              f"{r['fraction_of_matmul_peak']:8.1%} {ev:>11} {r['peak_rss_mb']:11.0f}")
+        print(f"{name:28} {r['seconds_per_epoch']:8.3f} {r['min']:7.3f} {r['max']:7.3f} "
+              f"{r['images_per_second']:9.0f} {r['fraction_of_matmul_peak']:8.1%} {ev:>11}")
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in result["ratios"].items())
           + f"; logging costs {logging_cost:+.1%}")
     print(f"model: {flops / 1e9:.1f} GFLOP/epoch; torch.mm: {mm['square_2048']:.1f} GFLOP/s "

@@ -16,7 +16,7 @@ status=0
 
 $VAERUN train -m likelihood=bernoulli,continuous_bernoulli,laplace,gaussian "${common[@]}" \
     hydra.sweep.dir="$OUT/fixed" || status=1
-$VAERUN train -m likelihood=gaussian likelihood.reduction=mean "${common[@]}" \
+$VAERUN train -m likelihood=gaussian likelihood.reduction=mean,batch_mean "${common[@]}" \
     hydra.sweep.dir="$OUT/mean_reduced" || status=1
 $VAERUN train -m likelihood=gaussian_learned likelihood.variance=shared,optimal,per_pixel,decoder \
     "${common[@]}" hydra.sweep.dir="$OUT/learned" || status=1

@@ -48,7 +48,7 @@ def metrics(run: Path) -> dict:
 
 def reference(tmp_path: Path, overrides: list[str]) -> dict:
     """The same run, uninterrupted, on this machine without SLURM (one thread, as the jobs)."""
-    run = tmp_path / "local" / "_".join(overrides).replace("/", "_")
+    run = tmp_path / "local" / "_".join(overrides).replace("/", "_").replace("=", "-")
     proc = run_process(["train", *RUN, *overrides, "trainer.device=cpu", "trainer.threads=1",
                         f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

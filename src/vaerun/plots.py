@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import statistics
+import textwrap
 
 import matplotlib
 
@@ -71,16 +72,19 @@ def _series(groups: list[Group], x_key: str | None) -> tuple[dict[str, list[Grou
 def _sweep_panel(ax, m: str, series: dict[str, list[Group]], refs: list[Group],
                  x_key: str) -> None:
     for i, (label, gs) in enumerate(series.items()):
-        for metric, style in ((m, "-"), (PREDICTIONS.get(m), "--")):
+        for metric, predicted in ((m, False), (PREDICTIONS.get(m), True)):
             if metric is None:
                 continue
             pts = sorted((number(g.get(x_key)), *g.mean_std(metric)) for g in gs)
             pts = [(x, y, 0 if math.isnan(e) else e) for x, y, e in pts if not math.isnan(y)]
-            if pts:
-                x, y, e = zip(*pts, strict=True)
-                ax.errorbar(x, y, yerr=e, marker="o" if style == "-" else None, ms=3, capsize=2,
-                            ls=style, color=f"C{i}", label=(label or x_key) if style == "-"
-                            else f"{label or x_key}: pPCA prediction")
+            if not pts:
+                continue
+            x, y, e = zip(*pts, strict=True)
+            if predicted:  # a function of sigma and the data alone: one black dashed line
+                ax.plot(x, y, "k--", lw=1, label="pPCA's prediction at this sigma")
+            else:
+                ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, color=f"C{i}",
+                            label=label or x_key)
     for j, g in enumerate(refs):
         mean, _ = g.mean_std(m)
         if not math.isnan(mean):
@@ -225,7 +229,7 @@ def kl_per_dim(groups: list[Group]) -> bytes:
     shown = [g for g in groups if g.values("test/ppca_kl")]
     cols = min(5, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, g in zip(axes.flat, shown, strict=False):
@@ -243,7 +247,7 @@ def kl_per_dim(groups: list[Group]) -> bytes:
                label="measured")
         ax.plot(range(len(kl)), (0.5 * torch.log(lam / sigma**2)).clamp_min(0).numpy(), "k--",
                 lw=1, label="pPCA: ½ log(λ/σ²)")
-        ax.set_title(g.label, fontsize=7)
+        ax.set_title("\n".join(textwrap.wrap(g.label, 40)), fontsize=6)
         ax.tick_params(labelsize=6)
     if axes.flat[0].get_legend_handles_labels()[0]:
         axes.flat[0].legend(fontsize=6)

@@ -20,6 +20,11 @@ log = logging.getLogger("vaerun")
 
 
 def job_id() -> str | None:
+    """This job's id; for a job array's task, ARRAYID_TASKID (the bare SLURM_JOB_ID of a task
+    names the whole array to scontrol)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
     return os.environ.get("SLURM_JOB_ID")
 
 

@@ -1,0 +1,60 @@
+"""The README's own commands, pasted in order into one shell, on small settings: so the README
+cannot drift from what vaerun does. Each `vaerun train` gets a small data set and one epoch
+appended (the last value of a key wins); installing (`python3 -m venv ...`, run by CI itself),
+the flagship scripts (hours), SLURM (tests/test_slurm.py) and TensorBoard's server (started and
+stopped here after a few seconds) are the exceptions."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SMALL = ("dataset.n_train=512 dataset.n_test=256 trainer.epochs=1 trainer.batch_size=64 "
+         "eval.iwae_k=2")
+RUN = ("source ", "vaerun ", ".venv/bin/vaerun ", "tensorboard ", ".venv/bin/tensorboard ",
+       "python -m vaerun ")
+SKIP = ("hydra/launcher=slurm",)
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's code blocks (4-space indented lines), comments stripped."""
+    out = []
+    for line in README.read_text().splitlines():
+        if not line.startswith("    "):
+            continue
+        cmd = re.sub(r"\s+#.*$", "", line.strip())
+        if cmd.startswith(RUN) and not any(s in cmd for s in SKIP):
+            out.append(cmd)
+    return out
+
+
+def as_test(cmd: str, bin_dir: str) -> str:
+    cmd = cmd.replace(".venv/bin/", f"{bin_dir}/")
+    if cmd.startswith("source "):
+        return f'export PATH="{bin_dir}:$PATH"'
+    if "tensorboard " in cmd:  # a server: it must start and serve, then it is stopped
+        return f"(timeout 8 {cmd} --port 0 >/dev/null 2>&1; test $? -eq 124)"
+    if re.search(r"\bvaerun train\b", cmd):
+        return f"{cmd} {SMALL}"
+    return cmd
+
+
+def test_the_readme_lists_the_commands_it_documents():
+    cmds = readme_commands()
+    assert any(c.startswith("source .venv/bin/activate") for c in cmds)
+    for needed in ("vaerun train likelihood=gaussian", "vaerun train -m", "vaerun eval",
+                   "vaerun report", "tensorboard --logdir"):
+        assert any(needed in c for c in cmds), needed
+
+
+def test_the_readme_commands_work_pasted_in_order(tmp_path):
+    bin_dir = str(Path(sys.executable).parent)
+    script = "set -e\n" + "\n".join(f"echo '$ {c}'\n{as_test(c, bin_dir)}"
+                                     for c in readme_commands())
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=1800)
+    tail = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 0, tail
