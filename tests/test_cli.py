@@ -154,3 +154,14 @@ def test_existing_run_directory_is_not_overwritten(vaerun, tmp_path, capsys):
     assert (run / "metrics.json").read_text() == before
 
 
+
+
+def test_short_runs_have_training_curves_and_every_step_is_counted(vaerun, tmp_path):
+    """40 steps an epoch with log_every=50: a point at each epoch's end too, one meter across
+    epochs, so the window 41-50 spans the epochs and no step is left out."""
+    run = tmp_path / "run"
+    assert vaerun("train", "dataset.n_train=5000", "dataset.n_test=256", "trainer.epochs=2",
+                  "trainer.batch_size=128", "eval.iwae_k=2", f"hydra.run.dir={run}") == 0
+    events = scalars(run)
+    assert [s for s, _ in events["train/loss"]] == [40, 50, 80]
+    assert [s for s, _ in events["train/bce_last_batch"]] == [50]  # its window's last batch

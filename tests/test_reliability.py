@@ -59,9 +59,14 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-6), k
         else:
             assert a[k] == b[k], k
-    # the curves continue without duplicate points
+    # the curves continue without duplicate points, and the train/* points are the same as an
+    # uninterrupted run's (the meter of the open window is in the checkpoint)
     events = scalars(run)
     assert [s for s, _ in events["test/loss"]] == [313, 626, 939]
+    full_train = scalars(full)["train/loss"]
+    assert [s for s, _ in events["train/loss"]] == [s for s, _ in full_train]
+    for (_, a_), (_, b_) in zip(events["train/loss"], full_train, strict=True):
+        assert a_ == pytest.approx(b_, rel=1e-5)
     for tag, points in events.items():
         steps = [s for s, _ in points]
         assert len(steps) == len(set(steps)), tag
