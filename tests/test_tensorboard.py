@@ -30,19 +30,23 @@ def tensorboard(tmp_path):
 
     def serve(logdir: Path):
         port = free_port()
+        log = open(tmp_path / f"tensorboard-{port}.log", "w+")  # noqa: SIM115 (kept open)
+        # --load_fast=false: Python's loader, not the data-server binary, whose start-up
+        # times out on a loaded machine
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port",
-             str(port), "--host", "127.0.0.1", "--reload_interval", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             str(port), "--host", "127.0.0.1", "--reload_interval", "0", "--load_fast=false"],
+            stdout=log, stderr=subprocess.STDOUT))
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while True:
             try:
-                urllib.request.urlopen(f"{base}/data/runs", timeout=2).read()
+                urllib.request.urlopen(f"{base}/data/runs", timeout=5).read()
                 break
             except OSError:
-                if time.time() > deadline:
-                    raise
+                log.seek(0)
+                assert procs[-1].poll() is None, f"tensorboard ended: {log.read()[-2000:]}"
+                assert time.time() < deadline, f"tensorboard never served: {log.read()[-2000:]}"
                 time.sleep(0.3)
 
         def get(path: str, body: dict | None = None):
