@@ -1,9 +1,16 @@
-"""What users see in TensorBoard, asked of TensorBoard's own web application as its web page
-asks (HTTP requests through its WSGI app, no socket: CI's sandbox refused loopback connections):
-the HParams dashboard's columns, and runs named by what they change."""
+"""What users see in TensorBoard, asked as its web page asks: the HParams dashboard's columns,
+and runs named by what they change. Twice: through TensorBoard's own web application in-process
+(WSGI requests, no socket: CI's sandbox refused loopback connections to a served TensorBoard for
+120 s), and, in the slow set, of a running `tensorboard` server over HTTP."""
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,27 +28,65 @@ class _Unserved:
         self.app = app
 
 
-@pytest.fixture
-def tensorboard():
-    """`tensorboard --logdir DIR` as built by TensorBoard itself (all its default plugins, the
-    event files loaded once); yields a function that GETs, or POSTs JSON, to its API."""
+def in_process(logdir: Path, tmp_path: Path, procs: list):
+    """`tensorboard --logdir DIR` as TensorBoard builds it (all its default plugins, the event
+    files loaded once), asked through its WSGI app."""
+    board = program.TensorBoard(plugins=default.get_plugins(), server_class=_Unserved)
+    board.configure(argv=["", "--logdir", str(logdir), "--load_fast=false",
+                          "--reload_interval", "0", "--reload_task", "blocking"])
+    client = Client(board._make_server().app)
 
-    def serve(logdir: Path):
-        board = program.TensorBoard(plugins=default.get_plugins(), server_class=_Unserved)
-        board.configure(argv=["", "--logdir", str(logdir), "--load_fast=false",
-                              "--reload_interval", "0", "--reload_task", "blocking"])
-        client = Client(board._make_server().app)
+    def get(path: str, body: dict | None = None):
+        headers = {"X-XSRF-Protected": "1"}
+        reply = (client.get(path, headers=headers) if body is None
+                 else client.post(path, json=body, headers=headers))
+        assert reply.status_code == 200, (path, reply.status_code, reply.get_data()[:500])
+        return reply.get_json()
 
-        def get(path: str, body: dict | None = None):
-            headers = {"X-XSRF-Protected": "1"}
-            reply = (client.get(path, headers=headers) if body is None
-                     else client.post(path, json=body, headers=headers))
-            assert reply.status_code == 200, (path, reply.status_code, reply.get_data()[:500])
-            return reply.get_json()
+    return get
 
-        return get
 
-    return serve
+def served(logdir: Path, tmp_path: Path, procs: list):
+    """A running `tensorboard --logdir DIR` server, asked over HTTP on loopback (no proxy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / f"tensorboard-{port}.log", "w+")  # noqa: SIM115 (kept open)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
+         "--host", "127.0.0.1", "--reload_interval", "0", "--load_fast=false"],
+        stdout=log, stderr=subprocess.STDOUT))
+    base, opener = f"http://127.0.0.1:{port}", urllib.request.build_opener(
+        urllib.request.ProxyHandler({}))
+    deadline = time.time() + 120
+    while True:
+        try:
+            opener.open(f"{base}/data/runs", timeout=5).read()
+            break
+        except OSError:
+            log.seek(0)
+            assert procs[-1].poll() is None, f"tensorboard ended: {log.read()[-2000:]}"
+            assert time.time() < deadline, f"tensorboard never served: {log.read()[-2000:]}"
+            time.sleep(0.3)
+
+    def get(path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{base}{path}", data=data, headers={
+            "Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        return json.loads(opener.open(request, timeout=30).read())
+
+    return get
+
+
+@pytest.fixture(params=[in_process, pytest.param(served, marks=pytest.mark.slow)],
+                ids=["app", "server"])
+def tensorboard(request, tmp_path):
+    """A function that starts TensorBoard on a folder and returns its API: GET, or POST JSON."""
+    procs: list = []
+    yield lambda logdir: request.param(logdir, tmp_path, procs)
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=30)
 
 
 def test_hparams_dashboard_lists_headline_metrics_first_and_the_keys_that_differ(
