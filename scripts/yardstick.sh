@@ -34,8 +34,11 @@ $VAERUN train -m dataset=mnist_binary likelihood=bernoulli "${common[@]}" \
 $VAERUN report sweep_dir="$OUT/terms"
 $VAERUN report sweep_dir="$OUT/binary"
 
-# the bound beyond k = 100: seed 1 of every row, re-evaluated with k = 1000 into a copy
+# the bound beyond k = 100: seed 1 of every row, re-evaluated with k = 1000 into a copy; but the
+# mixture of 5 discretized logistics, whose k = 1000 evaluation takes about 40 minutes on 2 CPU
+# cores (K1000_ALL=1 includes it)
 for run in "$OUT"/terms/*/*trainer.seed=1*; do
+    if [[ "$run" == *discretized_logistic* && -z "${K1000_ALL:-}" ]]; then continue; fi
     copy="$OUT/iwae_k1000/$(basename "$(dirname "$run")")_$(basename "$run")"
     if [ ! -f "$copy/metrics.json" ] || ! grep -q '"test/iwae_k": 1000' "$copy/metrics.json"; then
         rm -rf "$copy" && mkdir -p "$(dirname "$copy")" && cp -r "$run" "$copy"

@@ -49,6 +49,8 @@ def test_report_aggregates_seeds_exactly(vaerun, tmp_path, capsys):
             assert float(r[f"{tag}_std"]) == pytest.approx(statistics.stdev(vals), rel=1e-9)
     md = (sweep / "report.md").read_text()
     assert "| likelihood.sigma | n |" in md and "None: every run finished." in md
+    # each column says its unit: nats only for what is measured in nats
+    assert "| iwae_seconds (s) |" in md and "| kl (nats) |" in md and "| mse (per pixel) |" in md
 
 
 def test_report_bad_input(tmp_path):

@@ -25,7 +25,8 @@ FIRST = ["test/loss", "test/elbo", "test/log_px_z", "test/kl", "test/mse", "test
          "test/active_units", "test/sigma", "test/sigma_optimal"]
 UNITS = {"mse": "per pixel", "sigma": "", "sigma_optimal": "", "bits_per_dim": "bits/dim",
          "bits_per_dim_elbo": "bits/dim", "active_units": "count", "iwae_k": "samples",
-         "ppca_active_units": "count", "ppca_sigma": ""}
+         "ppca_active_units": "count", "ppca_sigma": "", "sigma_geomean": "",
+         "sigma_optimal_geomean": "", "iwae_seconds": "s", "nll_exact": "nats"}
 
 
 def metric_names(groups: list[Group]) -> list[str]:
