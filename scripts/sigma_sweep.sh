@@ -9,8 +9,9 @@
 #     LINEAR_EPOCHS epochs, 20): measured active units and KL beside pPCA's prediction
 #   likelihood=gaussian_learned with variance in {shared, optimal}          (sigma learned)
 #   likelihood=bernoulli                                                     (BCE on grey values)
-# then `vaerun report` over all 69 runs. Jobs run two at a time (hydra/launcher=joblib): on a
-# 2-core machine that is ~20% faster than one after another; LAUNCHER=basic runs them in turn.
+# then `vaerun report` over all 69 runs. Jobs run two at a time (hydra/launcher=joblib), which
+# on a 2-core machine is no faster than one after another (README, "Sweeps"); LAUNCHER=basic
+# runs them in turn.
 # Resumable: run it again and finished runs are skipped, interrupted ones continue.
 set -euo pipefail
 OUT=${1:-outputs/sigma_sweep}
