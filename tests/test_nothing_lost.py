@@ -430,9 +430,11 @@ COMPARED = ("test/loss", "test/elbo", "test/kl", "test/mse", "test/nll_iwae",
 
 @pytest.mark.slow
 def test_signal_storm_then_resume_equals_uninterrupted(tmp_path):
-    """30 runs, each sent SIGTERM or SIGINT at a random instant from start-up to exit (final
-    evaluation and checkpoint writes included). After each: the checkpoint loads with
-    weights_only, metrics.json agrees with it, and a resume ends as an uninterrupted run."""
+    """30 runs, each sent SIGTERM or SIGINT at a random instant: a third anywhere from start-up
+    to exit, a third just after the first epoch's end (its test pass, pictures and checkpoint
+    write), a third during the final evaluation and the last write. After each: the checkpoint
+    loads with weights_only, metrics.json agrees with it, and a resume ends as an uninterrupted
+    run."""
     import random
 
     full = tmp_path / "full"
@@ -440,19 +442,29 @@ def test_signal_storm_then_resume_equals_uninterrupted(tmp_path):
     assert run_process(["train", *STORM, f"hydra.run.dir={full}"], cwd=tmp_path).returncode == 0
     whole = time.perf_counter() - t0
     reference = metrics(full)
+    final = reference["test/iwae_seconds"] + 0.5  # the IWAE, then pictures and the last write
     rng = random.Random(14)
     seen: dict[str, int] = {}
     for i in range(30):
         run, sig = tmp_path / f"r{i}", rng.choice([signal.SIGTERM, signal.SIGINT])
         proc = start(["train", *STORM, f"hydra.run.dir={run}"], tmp_path)
-        time.sleep(rng.uniform(0, whole * 1.05))
+        if i % 3 == 0:
+            time.sleep(rng.uniform(0, whole * 1.05))
+        elif i % 3 == 1:
+            wait_for(run / "train.log", "epoch 1/2")
+            time.sleep(rng.uniform(0, 0.3))
+        else:
+            wait_for(run / "train.log", "test: IWAE bound")
+            time.sleep(rng.uniform(0, final))
         if proc.poll() is None:
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode in (0, 128 + sig), (i, proc.returncode, err)
         assert "Traceback" not in err, (i, err)
-        phase = "before start" if not (run / "checkpoints" / "last.pt").exists() else (
-            metrics(run)["status"] + f" at epoch {state(run)['epoch']}")
+        phase = "before the first checkpoint" if not (run / "checkpoints" / "last.pt").exists() \
+            else f"{metrics(run)['status']} after epoch {state(run)['epoch']}"
+        if phase == "interrupted after epoch 2":
+            phase += " (in the final evaluation)"
         if (run / "checkpoints" / "last.pt").exists():
             agree(run)  # loads with weights_only, and the record says the same
         seen[phase] = seen.get(phase, 0) + 1
