@@ -110,8 +110,8 @@ def test_requeued_and_preempted_jobs_resume_to_the_same_metrics(cluster, tmp_pat
     subprocess.run(["scontrol", "requeue", first], check=True)
     wait_training(tmp_path / "sweep" / "1_likelihood.sigma=0.3" / "train.log")
     time.sleep(2)
-    subprocess.run(["sbatch", "-p", "high", "-c", "2", "--wrap", "sleep 5"], check=True,
-                   capture_output=True)
+    subprocess.run(["sbatch", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 5"],
+                   check=True, capture_output=True, cwd=tmp_path)
     _, err = proc.communicate(timeout=1800)
     assert proc.returncode == 0, err
     for num, sigma in enumerate(("0.1", "0.3")):
