@@ -240,9 +240,9 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
     path = checkpoint.checkpoint_path(run_dir)
     state = None
     if path.exists():
-        if slurm.restarts() and not cfg.trainer.resume:
+        if (restarted := slurm.restarts()) and not cfg.trainer.resume:
             log.info("SLURM restarted this job (restart %d): resuming %s from its checkpoint",
-                     slurm.restarts(), run_dir)
+                     restarted, run_dir)
         elif not cfg.trainer.resume:
             raise Refused(f"{run_dir} already holds a run; add trainer.resume=true to continue "
                           "it, or choose another hydra.run.dir")

@@ -61,8 +61,6 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
     bounded for any k: for each batch of images the posterior is computed once, then samples
     are drawn in chunks of about CHUNK_ELEMENTS decoder outputs and combined with logaddexp.
     `poll()` is called between chunks (it may raise to stop the evaluation)."""
-    was_training = vae.training
-    vae.eval()
     out_dim = vae.likelihood.params_per_pixel * vae.likelihood.dim
     chunk = max(1, CHUNK_ELEMENTS // (min(batch_size, len(x)) * out_dim))
     batches = range(0, len(x), batch_size)
@@ -70,7 +68,7 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
                disable=None if progress else True, dynamic_ncols=True)
     nll = []
     try:
-        with seeded(seed, x.device):
+        with vae.evaluating(), seeded(seed, x.device):
             for i in batches:
                 xb = x[i: i + batch_size]
                 q = vae.posterior(xb)
@@ -84,7 +82,6 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
                 nll.append(math.log(k) - lse)
     finally:
         bar.close()
-        vae.train(was_training)
     return torch.cat(nll)
 
 
@@ -133,10 +130,8 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
 def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
     """Where p(x|z) = N(f(z), σ²I): the pPCA reference at this σ (any model), and for a linear
     mean f(z) = Wz + b the exact −log p(x) = −log N(x; b, WWᵀ + σ²I) (nats per image)."""
-    was_training = vae.training
-    vae.eval()  # a learned σ is the model's own at test time (variance=optimal: its average)
-    iso = vae.likelihood.isotropic_sigma()
-    vae.train(was_training)
+    with vae.evaluating():  # a learned σ at test time (variance=optimal: its average)
+        iso = vae.likelihood.isotropic_sigma()
     if iso is None:
         return {}
     sigma, learned = iso

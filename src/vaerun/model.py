@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -169,6 +171,17 @@ class VAE(nn.Module):
             return None
         d = self.likelihood.dim
         return self.decoder.weight[:d], self.decoder.bias[:d]
+
+    @contextmanager
+    def evaluating(self) -> Iterator[VAE]:
+        """The model in eval mode for the block (a learned σ is its test-time one), then back
+        in the mode it was in, whatever the block raises."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def param_groups(self, lr: float) -> list[dict]:
         """All parameters at `lr`, except those the likelihood wants at their own rate."""

@@ -109,14 +109,9 @@ def seeded(seed: int, device: torch.device):
 @torch.no_grad()
 def evaluate(vae: VAE, x: Tensor, beta: float, batch_size: int, seed: int) -> dict[str, float]:
     """Mean of every term over the images x (e.g. the whole test set), with fixed noise."""
-    was_training = vae.training
-    vae.eval()
     meter = Meter()
     pixel_sse = torch.zeros(x.shape[-1], device=x.device)
-    try:
-        with seeded(seed, x.device):
-            for i in range(0, len(x), batch_size):
-                meter.add(elbo_terms(vae, x[i: i + batch_size], beta, True, pixel_sse))
-    finally:
-        vae.train(was_training)
+    with vae.evaluating(), seeded(seed, x.device):
+        for i in range(0, len(x), batch_size):
+            meter.add(elbo_terms(vae, x[i: i + batch_size], beta, True, pixel_sse))
     return {**meter.means(), **vae.likelihood.pixel_report(pixel_sse / len(x))}

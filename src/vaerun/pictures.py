@@ -99,15 +99,11 @@ def save_png(grid: Tensor, path: Path) -> None:
 
 def all_pictures(vae: VAE, x: Tensor, kl_dims: Tensor, n_traverse: int = 5) -> dict[str, Tensor]:
     """Every picture for a model and a few test images x, keyed by name."""
-    was_training = vae.training
-    vae.eval()
-    try:
-        top = torch.argsort(kl_dims, descending=True)[:n_traverse].tolist()
+    top = torch.argsort(kl_dims, descending=True)[:n_traverse].tolist()
+    with vae.evaluating():
         return {
             "reconstructions": reconstructions(vae, x[:8]),
             "samples": samples(vae),
             "traversals": traversals(vae, x, top),
             "kl_per_dim": kl_bar_chart(kl_dims),
         }
-    finally:
-        vae.train(was_training)

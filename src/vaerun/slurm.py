@@ -28,19 +28,21 @@ def job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def _env_int(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
 def restarts() -> int:
     """How many times SLURM has restarted this job (0 outside SLURM)."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
+    return _env_int("SLURM_RESTART_COUNT") or 0
 
 
 def cpus_per_task() -> int | None:
-    try:
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    except (KeyError, ValueError):
-        return None
+    """The CPUs SLURM gave each task (None outside SLURM)."""
+    return _env_int("SLURM_CPUS_PER_TASK")
 
 
 def job_state() -> str | None:
