@@ -1,0 +1,48 @@
+"""What a vaerun process sets up in torch: every CPU thread flushes subnormal floats (the
+thread pool inherits it), and a command that never steps an optimizer never imports
+torch._dynamo. Each in a fresh process, since both are set once per process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import SMALL
+
+# A subnormal float in every element, made without torch (whose first parallel op starts its
+# thread pool); then `* 1.0` split over 2 threads: a thread that flushes writes 0, one that does
+# not writes 1e-39. Counted as integers, which no flush setting changes.
+CHECK = """
+import sys
+import numpy as np
+import torch
+from vaerun import cli
+tiny = torch.from_numpy(np.full(1 << 22, 1e-39, dtype=np.float32))
+{setup}
+print(int(((tiny * 1.0).view(torch.int32) != 0).sum()), "torch._dynamo" in sys.modules)
+"""
+
+
+def check(setup: str, cwd) -> tuple[int, bool]:
+    proc = subprocess.run([sys.executable, "-c", CHECK.format(setup=setup)], cwd=cwd,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept, dynamo = proc.stdout.split()[-2:]
+    return int(kept), dynamo == "True"
+
+
+def test_every_thread_of_a_run_and_of_an_eval_flushes_subnormal_floats(tmp_path):
+    args = [*SMALL, "trainer.epochs=0", "trainer.threads=2", "hydra.run.dir=run"]
+    kept, _ = check(f"assert cli.main(['train', *{args!r}]) == 0", tmp_path)
+    assert kept == 0
+    kept, dynamo = check("assert cli.main(['eval', 'run_dir=run', 'eval.iwae_k=2', "
+                         "'trainer.threads=2']) == 0", tmp_path)
+    assert kept == 0
+    assert not dynamo  # an evaluation builds no optimizer, so torch.optim never loads it
+
+
+def test_the_check_sees_a_thread_that_does_not_flush(tmp_path):
+    """Flushing switched on after the pool started reaches the calling thread only."""
+    kept, _ = check("torch.set_num_threads(2); torch.ones(1 << 22).mul_(2); "
+                    "torch.set_flush_denormal(True)", tmp_path)
+    assert 0 < kept < 1 << 22
