@@ -210,6 +210,24 @@ def test_make_grid_is_torchvisions_layout(n, nrow, pad):
                                torchvision_grid(x, nrow=nrow, pad_value=pad))
 
 
+def test_kl_bar_chart_draws_each_dimension_as_tall_as_its_kl():
+    from vaerun.pictures import kl_bar_chart
+
+    kl = [1.0, 2.0, 0.5, 1.5]
+    img = kl_bar_chart(torch.tensor(kl))  # [3, H, W] in [0, 1]
+    blue = ((img * 255).round() == torch.tensor([31.0, 119.0, 180.0])[:, None, None]).all(0)
+    columns = blue.sum(0)  # the bar's height in pixels in each column
+    bars, current = [], []
+    for height in columns.tolist():  # the runs of columns that hold a bar
+        if height:
+            current.append(height)
+        elif current:
+            bars, current = [*bars, max(current)], []
+    assert len(bars) == len(kl)
+    for value, height in zip(kl, bars, strict=True):
+        assert height == pytest.approx(bars[1] * value / 2.0, abs=1)
+
+
 def test_the_cheaper_iwae_estimates_what_the_plain_one_does():
     """The chunked IWAE (posterior once per batch, small chunks) against the plain estimator
     written out here (all k samples at once): equal within 3 standard errors of the Monte Carlo
