@@ -34,6 +34,32 @@ def test_bernoulli_is_minus_bce():
     torch.testing.assert_close(got, -bce)
 
 
+EXTREME = torch.tensor([-1e4, -100.0, -30.0, -17.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 17.0, 30.0, 100.0,
+                        1e4])
+
+
+@pytest.mark.parametrize("data", ["binary", "grey"])
+def test_vaeruns_bernoulli_is_torchs_at_every_logit_value_and_shape(data):
+    """vaerun's faster Bernoulli.log_prob against torch's in float64, at logits up to ±1e4,
+    with its gradient, and broadcast either way (k samples of logits against one x, and the
+    other way round)."""
+    from vaerun.distributions import Bernoulli as Fast
+
+    logits = torch.cat([OUT[:2].flatten(), EXTREME]).repeat(3, 1)  # [3, N]
+    x = (BINARY if data == "binary" else GREY)[:2].flatten()
+    x = torch.cat([x, torch.rand(len(EXTREME))]).round_() if data == "binary" else torch.cat(
+        [x, torch.rand(len(EXTREME))])
+    exact = Bernoulli(logits=logits.double(), validate_args=False).log_prob(x.double())
+    leaf = logits.clone().requires_grad_()
+    ours = Fast(logits=leaf, validate_args=False).log_prob(x)
+    assert ours.shape == exact.shape and ours.dtype == torch.float32
+    assert ((ours.double() - exact).abs() <= 2.5e-7 * (1 + logits.double().abs())).all()
+    ours.sum().backward()
+    torch.testing.assert_close(leaf.grad.double(), x.double() - torch.sigmoid(logits.double()))
+    other = Fast(logits=logits[0], validate_args=False).log_prob(x.repeat(3, 1))  # x has more axes
+    torch.testing.assert_close(other, ours.detach())
+
+
 @pytest.mark.parametrize("sigma", [0.05, 0.1, 1.0, 3.0])
 def test_gaussian_closed_form_and_identity(sigma):
     lik = make("gaussian", sigma=sigma)

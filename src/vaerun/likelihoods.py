@@ -19,11 +19,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli as BernoulliDist
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import Laplace as LaplaceDist
 
 from vaerun.config import Registered, require, require_at_least, require_positive
+from vaerun.distributions import Bernoulli as BernoulliDist
 from vaerun.distributions import (
     BinnedLogistic,
     BinnedNormal,
