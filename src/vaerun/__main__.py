@@ -1,3 +1,3 @@
-from vaerun.cli import main
+from vaerun.cli import run
 
-raise SystemExit(main())
+run()
