@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Training speed of vaerun against the usual VAE loop and the bare-maths floor.
 
-In one process, on the default model (MLP 784-400-20, batch 128, Adam 1e-3, grey MNIST,
-Bernoulli decoder), it measures seconds per epoch of:
+On the default model (MLP 784-400-20, batch 128, Adam 1e-3, grey MNIST, Bernoulli decoder),
+it measures seconds per epoch of:
 
-  (a) vaerun: its own training loop (`vaerun.train.train`) with its default logging
-      (TensorBoard every 50 steps, on-device meters, NaN guard, progress bar);
+  (a) vaerun: its own training loop, as `vaerun train` runs it, in a process of its own per
+      epoch (resuming its run), read back from the epoch's own `time/epoch_seconds`: its
+      default logging (TensorBoard every 50 steps, on-device meters, NaN guard, progress bar);
   (b) reference: the PyTorch examples VAE loop: torchvision `datasets.MNIST` over the bundled
       files, `ToTensor`, `DataLoader(batch_size=128, shuffle=True)`;
-  (c) bare: the same model and loss on in-memory tensors, nothing else (and, for reference,
-      the same with Adam's fused kernel, which vaerun uses by default);
+  (c) bare: the same model and loss on in-memory tensors, nothing else, as people write it
+      (and the same with Adam's fused kernel, which vaerun uses by default); and, in a process
+      of its own, with both of vaerun's speed settings: fused Adam and subnormal floats
+      flushed to zero (which vaerun sets before torch starts its threads);
   (d) whole processes, as users run them: `vaerun train trainer.epochs=5` (start-up, 5 epochs,
       the end-of-run IWAE evaluation and pictures) and the start-up alone
       (`vaerun train trainer.epochs=0 eval.iwae_k=0`), against the bare loop's 5 epochs;
@@ -28,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import logging
 import platform
 import resource
 import shutil
@@ -136,43 +138,60 @@ def bench_bare(x: torch.Tensor, batch_size: int, compile_: bool, fused: bool = F
 
 def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, compile_: bool,
                  log_every: int | None = None):
-    """vaerun's own `train`, one more epoch per call (resuming its run): returns the epoch's
-    seconds as vaerun itself logs them (time/epoch_seconds), and the test evaluation's."""
-    from omegaconf import OmegaConf
+    """vaerun's own training loop, one more epoch per call, each in its own `vaerun train`
+    process resuming the run (so torch's threads are set up as a run sets them): returns the
+    epoch's seconds as vaerun logs them (time/epoch_seconds), and the test evaluation's."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from vaerun.assemble import typed
-    from vaerun.train import train
-
-    conf = resources.files("vaerun.conf")
-    parts = {g: OmegaConf.load(str(conf / g / f"{n}.yaml")) for g, n in (
-        ("dataset", "mnist"), ("likelihood", "bernoulli"), ("model", "mlp"),
-        ("optimizer", "adam"), ("trainer", "default"))}
-    top = OmegaConf.load(str(conf / "train.yaml"))
-    cfg = OmegaConf.create({**parts, "beta": top.beta, "eval": top.eval})
-    cfg.trainer.update(batch_size=batch_size, device=device, threads=threads, compile=compile_,
-                       resume=True)
-    cfg.eval.iwae_k = 0
-    if log_every:
-        cfg.trainer.log_every = log_every
     run = out / f"vaerun_{int(compile_)}_{log_every}"
+    args = [f"trainer.batch_size={batch_size}", f"trainer.device={device}", "eval.iwae_k=0",
+            f"trainer.compile={str(compile_).lower()}", "trainer.resume=true",
+            f"hydra.run.dir={run}"]
+    args += [f"trainer.log_every={log_every}"] if log_every else []
+    args += [f"trainer.threads={threads}"] if threads else []
     done = [0]
     eval_seconds: list[float] = []
 
     def epoch() -> float:
         done[0] += 1
-        cfg.trainer.epochs = done[0]
-        logging.disable(logging.WARNING)  # the Bernoulli-on-grey note, once per call
-        try:
-            train(typed(cfg), run)
-        finally:
-            logging.disable(logging.NOTSET)
+        subprocess.run([sys.executable, "-m", "vaerun", "train", f"trainer.epochs={done[0]}",
+                        *args], check=True, capture_output=True)
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         eval_seconds.append(acc.Scalars("time/test_eval_seconds")[-1].value)
         return acc.Scalars("time/epoch_seconds")[-1].value
 
     epoch.eval_seconds = eval_seconds  # type: ignore[attr-defined]
+    return epoch
+
+
+def _bare_child(conn, batch_size: int, threads: int | None) -> None:
+    """A child process's bare loop with vaerun's two speed settings: subnormal floats flushed
+    to zero in every thread (set before torch's thread pool starts) and fused Adam."""
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(threads)
+    from vaerun.data import MNIST
+
+    epoch = bench_bare(MNIST(MNIST.Config(), "cpu").train, batch_size, False, fused=True)
+    while conn.recv():
+        conn.send(epoch())
+
+
+def bench_bare_child(batch_size: int, threads: int | None):
+    """`_bare_child` in a process of its own: each call runs one epoch there."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_bare_child, args=(child, batch_size, threads), daemon=True)
+    proc.start()
+
+    def epoch() -> float:
+        parent.send(True)
+        return parent.recv()
+
+    epoch.close = lambda: (parent.send(False), proc.join(30))  # type: ignore[attr-defined]
     return epoch
 
 
@@ -287,12 +306,16 @@ def main() -> int:
             loops["b_reference"] = bench_reference(tmp, a.batch_size, device)
         loops["c_bare"] = bench_bare(x, a.batch_size, False)
         loops["c_bare_fused_adam"] = bench_bare(x, a.batch_size, False, fused=True)
+        if a.device == "cpu":
+            loops["c_bare_fused_adam_flush_denormal"] = bench_bare_child(a.batch_size, a.threads)
         if not a.skip_process:  # whole processes, in the same rounds
             loops["d_process_default_5_epochs"] = bench_process(
                 tmp, "default", ["trainer.epochs=5"], a.threads)
             loops["d_process_startup"] = bench_process(
                 tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0"], a.threads)
         measure(loops)
+        for epoch in loops.values():
+            getattr(epoch, "close", lambda: None)()
         if a.compile:  # last: inductor's compile workers keep using the CPU afterwards
             measure({"a_vaerun_compiled": bench_vaerun(tmp, a.batch_size, a.device, a.threads,
                                                        True),
@@ -333,6 +356,10 @@ def main() -> int:
             default_5_epochs_over_bare_5_epochs=d["seconds_per_epoch"] / five_bare,
             startup_over_bare_5_epochs=st["seconds_per_epoch"] / five_bare,
             iwae_in_epochs=iwae / epoch)
+    if "c_bare_fused_adam_flush_denormal" in rows:
+        result["ratios"]["a_over_c_fused_adam_flush_denormal"] = (
+            rows["a_vaerun"]["seconds_per_epoch"]
+            / rows["c_bare_fused_adam_flush_denormal"]["seconds_per_epoch"])
     if "b_reference" in rows:
         result["ratios"]["a_over_b"] = (rows["a_vaerun"]["seconds_per_epoch"]
                                         / rows["b_reference"]["seconds_per_epoch"])
@@ -341,11 +368,11 @@ def main() -> int:
 
     print(f"\nvaerun bench: {n} images/epoch, batch {a.batch_size}, {torch.get_num_threads()} "
           f"threads, {device}, torch {torch.__version__}")
-    print(f"{'loop (d_: whole process, s)':28} {'s/epoch':>8} {'min':>7} {'max':>7} "
+    print(f"{'loop (d_: whole process, s)':34} {'s/epoch':>8} {'min':>7} {'max':>7} "
           f"{'images/s':>9} {'of peak':>8} {'test eval s':>11}")
     for name, r in rows.items():
         ev = f"{r['test_eval_seconds']:.3f}" if "test_eval_seconds" in r else "-"
-        print(f"{name:28} {r['seconds_per_epoch']:8.3f} {r['min']:7.3f} {r['max']:7.3f} "
+        print(f"{name:34} {r['seconds_per_epoch']:8.3f} {r['min']:7.3f} {r['max']:7.3f} "
               f"{r['images_per_second']:9.0f} {r['fraction_of_matmul_peak']:8.1%} {ev:>11}")
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in result["ratios"].items())
           + f"; logging costs {logging_cost:+.1%}")
