@@ -118,7 +118,7 @@ def _text(draw, x: float, y: float, text: str, font, where: str) -> None:
 
 def save_png(grid: Tensor, path: Path) -> None:
     """Write a [3, H, W] image in [0, 1] as a PNG, atomically."""
-    from PIL import Image  # matplotlib's own dependency
+    from PIL import Image
 
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
     buf = io.BytesIO()
