@@ -222,7 +222,8 @@ def test_kl_bar_chart_draws_each_dimension_as_tall_as_its_kl():
         if height:
             current.append(height)
         elif current:
-            bars, current = [*bars, max(current)], []
+            bars.append(max(current))
+            current = []
     assert len(bars) == len(kl)
     for value, height in zip(kl, bars, strict=True):
         assert height == pytest.approx(bars[1] * value / 2.0, abs=1)

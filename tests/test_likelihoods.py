@@ -46,9 +46,9 @@ def test_vaeruns_bernoulli_is_torchs_at_every_logit_value_and_shape(data):
     from vaerun.distributions import Bernoulli as Fast
 
     logits = torch.cat([OUT[:2].flatten(), EXTREME]).repeat(3, 1)  # [3, N]
-    x = (BINARY if data == "binary" else GREY)[:2].flatten()
-    x = torch.cat([x, torch.rand(len(EXTREME))]).round_() if data == "binary" else torch.cat(
-        [x, torch.rand(len(EXTREME))])
+    x = torch.cat([(BINARY if data == "binary" else GREY)[:2].flatten(), torch.rand(len(EXTREME))])
+    if data == "binary":
+        x = x.round()
     exact = Bernoulli(logits=logits.double(), validate_args=False).log_prob(x.double())
     leaf = logits.clone().requires_grad_()
     ours = Fast(logits=leaf, validate_args=False).log_prob(x)
