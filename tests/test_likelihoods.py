@@ -60,6 +60,27 @@ def test_vaeruns_bernoulli_is_torchs_at_every_logit_value_and_shape(data):
     torch.testing.assert_close(other, ours.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vaeruns_softplus_is_torchs_at_every_value(dtype):
+    """vaerun's softplus (max(t, 0) − log σ(|t|), from sigmoid and log) against torch's in
+    float64, from −1e4 to 1e4 and at ±inf, to float rounding, and its gradient σ(t)."""
+    from vaerun.distributions import softplus
+
+    t = torch.cat([OUT.flatten()[:4000] * 8, EXTREME, torch.tensor([-math.inf, math.inf])])
+    t = t.to(dtype)
+    exact = F.softplus(t.double(), threshold=50)  # past 50 softplus(t) − t < 2e-22
+    leaf = t.clone().requires_grad_()
+    ours = softplus(leaf)
+    assert ours.dtype == dtype and ours.shape == t.shape
+    eps = torch.finfo(dtype).eps
+    assert ours[-1] == math.inf and ours[-2] == 0
+    err = (ours.double() - exact)[:-1].abs() / (1 + t[:-1].double().abs())
+    assert err.max() <= 2 * eps
+    ours.sum().backward()
+    torch.testing.assert_close(leaf.grad.double(), torch.sigmoid(t.double()),
+                               rtol=2 * eps, atol=2 * eps)
+
+
 @pytest.mark.parametrize("sigma", [0.05, 0.1, 1.0, 3.0])
 def test_gaussian_closed_form_and_identity(sigma):
     lik = make("gaussian", sigma=sigma)
