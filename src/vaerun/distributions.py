@@ -30,6 +30,7 @@ from torch.distributions import (
     AffineTransform,
     ContinuousBernoulli,
     Distribution,
+    Independent,
     Normal,
     SigmoidTransform,
     TransformedDistribution,
@@ -76,6 +77,40 @@ class Bernoulli(torch.distributions.Bernoulli):
         if out.shape != torch.broadcast_shapes(out.shape, value.shape):  # x has more axes
             return torch.addcmul(out, value, logits)
         return out.addcmul_(value, logits)
+
+
+GROUP = 112  # pixels whose σ(|l|) ∈ [½, 1] are multiplied before one log: ≥ 2^-112, a normal float
+
+
+class BernoulliImage(Independent):
+    """The D pixels (the last axis) of Bernoulli(logits=l) as one event, as Independent(·, 1):
+    log p(x) = Σ_d x_d·l_d − softplus(l_d) = Σ_d [min(l_d, 0) + (x_d − 1)·l_d] + log Π_d σ(|l_d|).
+    Where no gradient is asked for (the test evaluation, the IWAE bound), the σ(|l_d|) of each
+    GROUP pixels are multiplied and one log taken of their product (it stays ≥ 2^-112, so no
+    underflow): the log, the dearest step, runs on one value in 112. The product's rounding is
+    below 112 float epsilons, 1e-5 nats per group in float32. Training takes the per-pixel sum
+    (`Bernoulli.log_prob`), with its gradient."""
+
+    def __init__(self, logits: Tensor):
+        super().__init__(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        logits = self.base_dist.logits
+        grad = torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad)
+        if grad or torch.finfo(logits.dtype).tiny > 2.0 ** -GROUP:  # float16 would underflow
+            return super().log_prob(value)
+        sig = logits.abs().sigmoid_()
+        d = sig.shape[-1]
+        n = d - d % GROUP
+        log_sig = sig[..., :n].view(*sig.shape[:-1], -1, GROUP).prod(-1).log_().sum(-1)
+        if n < d:
+            log_sig += sig[..., n:].prod(-1).log_()
+        rest = torch.clamp(logits, max=0)
+        if rest.shape != torch.broadcast_shapes(rest.shape, value.shape):  # x has more axes
+            rest = torch.addcmul(rest, value - 1, logits)
+        else:
+            rest.addcmul_(value - 1, logits)
+        return rest.sum(-1) + log_sig
 
 
 def log1mexp(d: Tensor) -> Tensor:

@@ -23,8 +23,8 @@ from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import Laplace as LaplaceDist
 
 from vaerun.config import Registered, require, require_at_least, require_positive
-from vaerun.distributions import Bernoulli as BernoulliDist
 from vaerun.distributions import (
+    BernoulliImage,
     BinnedLogistic,
     BinnedNormal,
     PixelMixture,
@@ -163,7 +163,7 @@ class Bernoulli(Likelihood):
         name: str = "bernoulli"
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        return pixels(BernoulliDist(logits=out, validate_args=False))
+        return BernoulliImage(out)
 
 
 class ContinuousBernoulli(Likelihood):
