@@ -113,3 +113,32 @@ def test_sizes_are_checked():
     with pytest.raises(ConfigError, match="dataset.n_test"):
         MNIST.validate(MNIST.Config(n_test=10001), "dataset")
     assert Dataset.lookup("mnist_binary") is MNISTBinary
+
+
+def test_files_read_ahead_are_taken_once_and_a_file_changed_since_is_read_again(tmp_path):
+    """`read_ahead` reads the files in a thread; the dataset built next takes what it read
+    (and nothing is left waiting), while a file changed after it is read anew, its damage
+    named as without the read ahead."""
+    from vaerun import data
+
+    MNIST.read_ahead(MNIST.Config())
+    assert len(data._AHEAD) == 2
+    ahead = MNIST(MNIST.Config(n_train=500, n_test=500))
+    assert not data._AHEAD
+    assert torch.equal(ahead.test, MNIST(MNIST.Config(n_train=500, n_test=500)).test)
+
+    raw = _torchvision_layout(tmp_path)
+    cfg = MNIST.Config(root=str(tmp_path), n_train=10, n_test=10)
+    MNIST.read_ahead(cfg)
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])  # after the read ahead
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte fails its SHA-256"):
+        MNIST(cfg)
+    assert not data._AHEAD
+    path.unlink()
+    blob = (BUNDLED / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    MNIST.read_ahead(cfg)  # an error met ahead is raised where the file is used
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is truncated or corrupt"):
+        MNIST(cfg)
+    assert not data._AHEAD

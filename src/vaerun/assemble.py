@@ -98,12 +98,15 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
                           f"optimizer state, and this {device.type} has {have / 1e9:.3g} GB")
 
 
-def typed(cfg: DictConfig, training: bool = True) -> RunConfig:
+def typed(cfg: DictConfig, training: bool = True, read_ahead: bool = False) -> RunConfig:
     """The typed, fully checked config of a run: devices, memory and (`training`) optimizer
     included. Checking the optimizer builds one, and torch then imports torch._dynamo (1 s):
-    an evaluation of a saved run, which never steps, skips it."""
+    an evaluation of a saved run, which never steps, skips it. `read_ahead`: the run's data
+    files are read meanwhile, in a thread (`Dataset.read_ahead`)."""
     rc = config.typed(cfg)
     device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
+    if read_ahead:
+        Dataset.lookup(rc.dataset.name).read_ahead(rc.dataset)
     if training:
         optimizer_kwargs(rc.optimizer)
     check_memory(rc, device)

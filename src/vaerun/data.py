@@ -14,6 +14,7 @@ import hashlib
 import logging
 import shutil
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,15 +32,51 @@ TEST_NOISE_SEED = 0  # the test set's binarisation/dequantisation noise is fixed
 STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
 
 
+def _read(path: Path) -> tuple[bytes, str]:
+    """A file's bytes (decompressed if .gz) and their SHA-256."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+# Files being read in a thread ahead of their use (`Dataset.read_ahead`), one after the other,
+# by path, size and modification time: a file changed since is read again.
+_AHEAD: dict[tuple[str, int, int], Future] = {}
+_READER: list[ThreadPoolExecutor] = []
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _read_ahead(path: Path) -> None:
+    if not _READER:
+        _READER.append(ThreadPoolExecutor(1, "vaerun-read"))
+    _AHEAD[_stamp(path)] = _READER[0].submit(_read, path)
+
+
+def _taken(path: Path) -> tuple[bytes, str] | None:
+    """What a read ahead of this file found (its exception re-raised), or None."""
+    try:
+        key = _stamp(path)
+    except OSError:
+        return None
+    stale = [k for k in _AHEAD if k[0] == key[0] and k != key]
+    for k in stale:
+        del _AHEAD[k]
+    future = _AHEAD.pop(key, None)
+    return None if future is None else future.result()
+
+
 def read_idx(path: Path, sha256: str | None, fix: str) -> np.ndarray:
     """Read an IDX file (raw or .gz) into a uint8 array, checking the uncompressed SHA-256."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw, digest = _taken(path) or _read(path)
     except FileNotFoundError:
         raise DataError(f"data file {path} is missing; {fix}") from None
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"data file {path} is truncated or corrupt ({e}); {fix}") from None
-    if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+    if sha256 is not None and digest != sha256:
         raise DataError(f"data file {path} fails its SHA-256 check (damaged or a different "
                         f"file); {fix}")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -140,19 +177,35 @@ class Dataset(Registered):
     def cpu_generator(seed: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed)
 
-    def _paths(self, base: str) -> tuple[list[Path], str]:
-        if self.cfg.root is None:
-            if self.bundled is None:
-                raise ConfigError(f"{self.group}.root", None,
-                                  f"{self.name} is not bundled: give the folder that holds it")
-            folder = resources.files("vaerun.bundled") / self.bundled
+    @classmethod
+    def _paths(cls, cfg: DataConfig, base: str) -> tuple[list[Path], str]:
+        if cfg.root is None:
+            if cls.bundled is None:
+                raise ConfigError(f"{cls.group}.root", None,
+                                  f"{cls.name} is not bundled: give the folder that holds it")
+            folder = resources.files("vaerun.bundled") / cls.bundled
             fix = "the copy inside the package is damaged: reinstall vaerun"
             return [Path(str(folder / f"{base}.gz"))], fix
-        root = Path(self.cfg.root).expanduser()
-        raw = root / self.folder / "raw"
+        root = Path(cfg.root).expanduser()
+        raw = root / cls.folder / "raw"
         fix = (f"put the original file at {raw / base} (torchvision's layout) "
-               f"or {self.missing_hint}")
+               f"or {cls.missing_hint}")
         return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
+
+    @classmethod
+    def read_ahead(cls, cfg: DataConfig) -> None:
+        """Start reading the dataset's files, where they exist, in a thread of their own: gzip
+        and SHA-256 release the GIL, so they run beside a run's start-up imports, which hold
+        it (0.2 s of the 0.3 s that reading the bundled MNIST took). Errors wait for the read."""
+        for base in (getattr(cls, "train_file", None), getattr(cls, "test_file", None)):
+            if base is None:
+                return
+            try:
+                found = next((p for p in cls._paths(cfg, base)[0] if p.is_file()), None)
+            except ConfigError:
+                return
+            if found is not None:
+                _read_ahead(found)
 
     def _download(self) -> None:
         """torchvision's download into an existing `root`; what it created is removed again
@@ -181,7 +234,7 @@ class Dataset(Registered):
                             f"; copy the files there or {self.missing_hint}") from None
 
     def _load(self, base: str, n: int | None, key: str) -> np.ndarray:
-        candidates, fix = self._paths(base)
+        candidates, fix = self._paths(self.cfg, base)
         found = [p for p in candidates if p.exists()]
         if not found and self.cfg.root is not None and self.cfg.download:
             self._download()

@@ -112,9 +112,10 @@ def validate(ns: argparse.Namespace) -> list[DictConfig]:
     if not runs_jobs(ns):
         return []
     jobs = []
+    single = not is_multirun(ns)  # the run starts in this process: its data are read ahead
     for cfg in composed_jobs(ns):
         refuse_instantiation(OmegaConf.to_container(cfg, resolve=False))
-        typed(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        typed(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), read_ahead=single)
         jobs.append(cfg)
     if jobs:
         key = "hydra.sweep.dir" if is_multirun(ns) else "hydra.run.dir"
