@@ -22,7 +22,7 @@ median (and min, max) over --epochs rounds. It also prints the model's matmul
 FLOPs per epoch over `torch.mm`'s measured throughput here: the epoch time the maths alone would
 need at that throughput. Writes the table as JSON (--json).
 
-    python scripts/bench.py [--epochs 3] [--threads N] [--batch-size 128] [--device cpu]
+    python scripts/bench.py [--epochs 5] [--threads N] [--batch-size 128] [--device cpu]
                             [--compile] [--json docs/bench.json]
 """
 
@@ -242,8 +242,10 @@ def model_flops_per_epoch(n: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description="vaerun training speed benchmark")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="measured rounds (one epoch of each loop each; +1 warm-up round)")
+    p.add_argument("--epochs", type=int, default=5,
+                   help="measured rounds (one epoch of each loop each; +1 warm-up round); on a "
+                        "shared machine, where one loop's epoch can vary by 1.5x within a run, "
+                        "the median of 5 moves less than that of 3")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
