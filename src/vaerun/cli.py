@@ -138,8 +138,8 @@ def collector_paused():
     Hydra, TensorBoard) make ~550,000 long-lived objects and next to no garbage, and the
     collector's six full passes over them took 0.4 s of a 4 s start-up here. In the `vaerun`
     command's own process what the block made is then frozen out of the collector
-    (`gc.freeze`): re-enabled over them, its next pass took 0.17 s; in-process callers of
-    `main` (the tests) keep their collector as it was."""
+    (`gc.freeze`): re-enabled over them, its next passes took 0.3 s of a `trainer.epochs=0`
+    run; in-process callers of `main` (the tests) keep their collector as it was."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
