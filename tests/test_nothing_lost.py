@@ -97,6 +97,36 @@ def test_two_signals_a_few_ms_apart_exit_with_the_first(tmp_path):
     assert metrics(run)["status"] == "interrupted"
 
 
+def test_the_first_of_signals_pending_together_is_the_first_to_arrive():
+    """Python runs the handlers of signals pending together in the order of their numbers:
+    SIGTERM, then SIGINT, sent while the main thread is in one long torch call (where no
+    handler can run), must still stop on SIGTERM (the order comes from the wakeup fd)."""
+    import threading
+
+    from vaerun.signals import StopRequests
+
+    stop, a = StopRequests(), torch.randn(2000, 2000)
+    before = signal.getsignal(signal.SIGINT), signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before[1])
+
+    def send() -> None:
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with stop.active():
+        sender = threading.Thread(target=send)
+        sender.start()
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.2:  # one call spans both signals' arrival
+            torch.linalg.matrix_power(a, 64)
+        sender.join()
+    assert stop.signum == signal.SIGTERM and not stop.installed
+    after = signal.getsignal(signal.SIGINT), signal.set_wakeup_fd(before[1])
+    assert after == before  # handlers and wakeup fd as they were
+
+
 def test_a_signal_during_start_up_is_a_clean_stop(tmp_path):
     run = tmp_path / "run"
     proc = start(["train", *SMALL, f"hydra.run.dir={run}"], tmp_path)
