@@ -67,6 +67,14 @@ def softplus(t: Tensor) -> Tensor:
     return Softplus.apply(t)
 
 
+def add_product(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """out + a·b, into `out` where the product's shape fits it, else a new broadcast tensor
+    (x with more axes than the logits)."""
+    if out.shape != torch.broadcast_shapes(out.shape, a.shape, b.shape):
+        return torch.addcmul(out, a, b)
+    return out.addcmul_(a, b)
+
+
 class Bernoulli(torch.distributions.Bernoulli):
     """log p(x) = x·l − softplus(l) (the BCE with logits, negated), for x in {0, 1} or, as
     the PyTorch examples VAE uses it, in [0, 1]; exact to float32 rounding, about 1e-7·|l|."""
@@ -75,10 +83,7 @@ class Bernoulli(torch.distributions.Bernoulli):
         if self._validate_args:
             self._validate_sample(value)
         logits = self.logits
-        out = softplus(logits).neg_()
-        if out.shape != torch.broadcast_shapes(out.shape, value.shape):  # x has more axes
-            return torch.addcmul(out, value, logits)
-        return out.addcmul_(value, logits)
+        return add_product(softplus(logits).neg_(), value, logits)
 
 
 GROUP = 112  # pixels whose σ(|l|) ∈ [½, 1] are multiplied before one log: ≥ 2^-112, a normal float
@@ -107,12 +112,7 @@ class BernoulliImage(Independent):
         log_sig = sig[..., :n].view(*sig.shape[:-1], -1, GROUP).prod(-1).log_().sum(-1)
         if n < d:
             log_sig += sig[..., n:].prod(-1).log_()
-        rest = torch.clamp(logits, max=0)
-        if rest.shape != torch.broadcast_shapes(rest.shape, value.shape):  # x has more axes
-            rest = torch.addcmul(rest, value - 1, logits)
-        else:
-            rest.addcmul_(value - 1, logits)
-        return rest.sum(-1) + log_sig
+        return add_product(torch.clamp(logits, max=0), value - 1, logits).sum(-1) + log_sig
 
 
 def log1mexp(d: Tensor) -> Tensor:
