@@ -41,7 +41,7 @@ def _read(path: Path) -> tuple[bytes, str]:
 # Files being read in a thread ahead of their use (`Dataset.read_ahead`), one after the other,
 # by path, size and modification time: a file changed since is read again.
 _AHEAD: dict[tuple[str, int, int], Future] = {}
-_READER: list[ThreadPoolExecutor] = []
+_READER = ThreadPoolExecutor(1, "vaerun-read")  # its thread starts at the first read ahead
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -50,9 +50,7 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _read_ahead(path: Path) -> None:
-    if not _READER:
-        _READER.append(ThreadPoolExecutor(1, "vaerun-read"))
-    _AHEAD[_stamp(path)] = _READER[0].submit(_read, path)
+    _AHEAD[_stamp(path)] = _READER.submit(_read, path)
 
 
 def _taken(path: Path) -> tuple[bytes, str] | None:
