@@ -82,6 +82,7 @@ class StopRequests:
         """Handle the stop signals from now on (main thread only); True if this call did."""
         if self.installed or threading.current_thread() is not threading.main_thread():
             return False
+        self._seen.clear()  # a handler that never ran while the last install lasted
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
