@@ -89,6 +89,33 @@ def test_bernoulli_image_sums_as_torch_does_without_and_with_gradient(data):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binary_cross_entropy_is_torchs_with_its_floor_at_minus_100(dtype):
+    """vaerun's BCE (vectorised logs) against F.binary_cross_entropy summed per image,
+    at p = 0 and 1 (where torch floors each log at −100), at p within a float of 0 and of 1,
+    and on binary and grey targets."""
+    from vaerun.distributions import binary_cross_entropy
+
+    tiny = torch.finfo(dtype).tiny
+    edges = torch.tensor([0.0, 1.0, tiny, 1e-30, 1e-8, 0.5, 1 - 1e-7, 1 - 1e-16], dtype=dtype)
+    p = torch.cat([torch.sigmoid(OUT[:6].flatten() * 4), torch.rand(len(edges) * 3)])
+    p = p.to(dtype).reshape(2, -1)
+    p[:, : len(edges)] = edges
+    x = torch.rand(p.shape, dtype=dtype)
+    x[0] = x[0].round()
+    x[:, 1] = 1.0  # where p = 1 the x = 1 term is log 1 = 0; check the other term with x = 0.3
+    x[1, 1] = 0.3
+    ours = binary_cross_entropy(p, x)
+    assert ours.shape == (2,) and ours.dtype == dtype
+    same = F.binary_cross_entropy(p, x, reduction="none").sum(-1)
+    exact = F.binary_cross_entropy(p.double(), x.double(), reduction="none").sum(-1)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(ours, same, rtol=8 * eps, atol=0)
+    torch.testing.assert_close(ours.double(), exact, rtol=8 * eps, atol=0)
+    one = binary_cross_entropy(edges[:2], torch.tensor([0.25, 0.25], dtype=dtype))
+    assert one.item() == pytest.approx(0.25 * 100 + 0.75 * 100)  # both logs at their floor
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_vaeruns_softplus_is_torchs_at_every_value(dtype):
     """vaerun's softplus (max(t, 0) − log σ(|t|), from sigmoid and log) against torch's in
     float64, from −1e4 to 1e4 and at ±inf, to float rounding, and its gradient σ(t)."""

@@ -7,6 +7,9 @@ slowly, in its idiom.
   4.7 ms without, and it was 41% of the default run's IWAE evaluation.
 - `Bernoulli`: torch's, with log p(x) = x·l − softplus(l) from the logits l, in place where
   it can be, where torch's −BCE-with-logits makes about seven passes on the CPU.
+- `binary_cross_entropy`: torch's F.binary_cross_entropy (its logs floored at −100), summed
+  over the last axis, from vectorised logs: torch's CPU kernel takes log and log1p per element
+  in a scalar loop, 5× as long (a third of the per-epoch test evaluation).
 - `BernoulliImage`: the D pixels of a Bernoulli as one event, whose log_prob without a
   gradient takes one log per 112 pixels (the IWAE of 2,000 test images: 1.66 s → 1.40 s).
 - `StableContinuousBernoulli`: torch's ContinuousBernoulli with its normaliser and mean taken
@@ -84,6 +87,18 @@ class Bernoulli(torch.distributions.Bernoulli):
             self._validate_sample(value)
         logits = self.logits
         return add_product(softplus(logits).neg_(), value, logits)
+
+
+def binary_cross_entropy(p: Tensor, x: Tensor) -> Tensor:
+    """−Σ_d [x_d·log p_d + (1 − x_d)·log(1 − p_d)] over the last axis, each log floored at −100
+    as F.binary_cross_entropy floors it, for p and x in [0, 1] (nats; no gradient kept).
+    log(1 − p) is taken as the log of the rounded 1 − p, not by log1p (6× as slow here): exact
+    where p ≥ ½, and off by at most one float epsilon (absolute) where p is near 0, which over
+    D pixels stays below the float rounding of the sum itself."""
+    with torch.no_grad():
+        log_p = torch.log(p).clamp_min_(-100)
+        log_q = torch.neg(p).add_(1).log_().clamp_min_(-100)
+        return log_q.addcmul_(x, log_p.sub_(log_q)).sum(-1).neg_()
 
 
 GROUP = 112  # pixels whose σ(|l|) ∈ [½, 1] are multiplied before one log: ≥ 2^-112, a normal float

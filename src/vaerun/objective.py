@@ -13,10 +13,10 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from vaerun.distributions import binary_cross_entropy
 from vaerun.model import VAE
 
 
@@ -47,8 +47,7 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
             **lik.terms(out, x),
         }
         if bce:
-            terms["bce"] = F.binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1),
-                                                  reduction="none").sum(-1)
+            terms["bce"] = binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1))
         return terms
 
 
