@@ -29,6 +29,7 @@ need at that throughput. Writes the table as JSON (--json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import platform
@@ -217,7 +218,10 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None):
 
 
 def matmul_throughput(device: torch.device) -> dict[str, float]:
-    """GFLOP/s of torch.mm: on a large square product, and on this model's own shapes."""
+    """GFLOP/s of torch.mm: on a large square product, and on this model's own shapes; and of
+    F.linear on the IWAE decoder's product, by torch's default and by oneDNN (vaerun.onednn)."""
+    from vaerun.onednn import available as onednn_available
+    from vaerun.onednn import linear_layers
 
     def gflops(m, k, n, reps):
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
@@ -230,8 +234,26 @@ def matmul_throughput(device: torch.device) -> dict[str, float]:
             torch.cuda.synchronize()
         return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
-    return {"square_2048": gflops(2048, 2048, 2048, 10),
-            "model_shapes_128x784x400": gflops(128, 784, 400, 400)}
+    def linear_gflops(m, k, n, reps, onednn):
+        x, w, b = (torch.randn(m, k, device=device), torch.randn(n, k, device=device),
+                   torch.randn(n, device=device))
+        with torch.inference_mode(), linear_layers() if onednn else contextlib.nullcontext():
+            for _ in range(3):
+                F.linear(x, w, b)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                F.linear(x, w, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+    out = {"square_2048": gflops(2048, 2048, 2048, 10),
+           "model_shapes_128x784x400": gflops(128, 784, 400, 400),
+           # the IWAE's decoder product, as F.linear runs it, and as vaerun's evaluation does
+           "iwae_linear_2600x400x784": linear_gflops(2600, 400, 784, 40, False)}
+    if device.type == "cpu" and onednn_available():
+        out["iwae_linear_2600x400x784_onednn"] = linear_gflops(2600, 400, 784, 40, True)
+    return out
 
 
 def model_flops_per_epoch(n: int) -> float:
@@ -381,6 +403,10 @@ def main() -> int:
     print(f"model: {flops / 1e9:.1f} GFLOP/epoch; torch.mm: {mm['square_2048']:.1f} GFLOP/s "
           f"(2048² square), {mm['model_shapes_128x784x400']:.1f} GFLOP/s (128x784x400); "
           f"matmul floor {floor:.3f} s/epoch")
+    print(f"IWAE decoder product (2600x400x784) by F.linear: "
+          f"{mm['iwae_linear_2600x400x784']:.1f} GFLOP/s" +
+          (f", by oneDNN (vaerun's evaluation): {mm['iwae_linear_2600x400x784_onednn']:.1f} "
+           "GFLOP/s" if "iwae_linear_2600x400x784_onednn" in mm else ""))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=2) + "\n")

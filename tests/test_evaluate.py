@@ -255,3 +255,40 @@ def test_the_cheaper_iwae_estimates_what_the_plain_one_does():
     se = (torch.tensor(new + old).std() / math.sqrt(5)).item()
     assert abs(sum(new) / 5 - sum(old) / 5) < 3 * math.sqrt(2) * se
     assert se > 0  # the seeds differ: a real Monte Carlo error was measured
+
+
+def test_evaluation_runs_linear_layers_on_onednn_with_torchs_results_and_gradients():
+    """Inside VAE.evaluating(), F.linear without a gradient is oneDNN's op (seen in the
+    profiler) and equals the float64 product to float32 rounding; with a gradient, and in
+    float64, it is torch's own F.linear, bit for bit, with its grad_fn."""
+    import torch.nn.functional as F
+    from torch.profiler import profile
+
+    from vaerun import onednn
+
+    assert onednn.available()  # x86-64, as CI is: the op exists in this torch build
+    torch.manual_seed(0)
+    lik = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 784)
+    vae = VAE(MLP.Config(hidden=400, latent_dim=20), lik, (1, 28, 28))
+    z = torch.randn(2600, 20)
+    h = torch.relu(F.linear(z, *vae.decoder[0].parameters())).detach()
+    w, b = vae.decoder[2].weight, vae.decoder[2].bias
+    exact = F.linear(h.double(), w.double(), b.double())
+
+    with vae.evaluating(), torch.inference_mode(), profile() as prof:
+        fast = vae.decode(z)
+    ops = {e.name for e in prof.events()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::addmm" not in ops
+    assert fast.dtype == torch.float32 and fast.shape == (2600, 784)
+    scale = h.double().abs() @ w.double().abs().t() + b.double().abs()  # Σ|terms| per output
+    assert ((fast.double() - exact).abs() <= 4e-7 * (1 + scale)).all()
+
+    with vae.evaluating():
+        trained = vae.decode(z)  # a gradient is asked for: torch's path
+    assert trained.grad_fn is not None
+    torch.testing.assert_close(trained, vae.decode(z), rtol=0, atol=0)
+    vae.double()
+    with vae.evaluating(), torch.no_grad():
+        double = vae.decode(z.double())  # float64: oneDNN has no such product, torch's path
+    with torch.no_grad():
+        torch.testing.assert_close(double, vae.decode(z.double()), rtol=0, atol=0)
