@@ -36,14 +36,15 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
     loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
     with torch.no_grad():
         mean = lik.mean(out, p_x)
+        squared = (mean - x).square_()
         if pixel_sse is not None:
-            pixel_sse += (mean - x).square().sum(0)
+            pixel_sse += squared.sum(0)
         terms = {
             "loss": loss,
             "elbo": log_px_z - kl,
             "log_px_z": log_px_z,
             "kl": kl,
-            "mse": (mean - x).square().mean(-1),
+            "mse": squared.mean(-1),
             **lik.terms(out, x),
         }
         if bce:
