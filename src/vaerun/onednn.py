@@ -1,11 +1,11 @@
 """torch's linear layers through oneDNN where no gradient is asked for (every evaluation).
 
 For float32 on the CPU, `F.linear` calls MKL's sgemm. torch also ships oneDNN, which runs its
-CPU convolutions and the linear layers of `torch.compile`; on this project's CPU (AMD EPYC,
-AVX-512) its float32 product ran the IWAE decoder's [2600, 400] × [400, 784] at 151–164 GFLOP/s
-against MKL's 112–127 (scripts/bench.py prints both). Both are IEEE float32 products that
-sum in different orders: the outputs differ by float rounding (7e-5 on logits of a trained
-decoder), and each is deterministic.
+CPU convolutions and the linear layers of `torch.compile`. On this project's CPU (AMD EPYC,
+AVX-512) its float32 product ran the IWAE decoder's [2600, 400] × [400, 784] at 172 GFLOP/s
+against MKL's 113 while the shared machine ran slow, and level with it (179 against 185) while
+it ran fast (scripts/bench.py prints both). Both are IEEE float32 products that sum in
+different orders: the outputs differ by float rounding, and each is deterministic.
 
 Training keeps torch's own path and its gradients: the mode only reroutes calls made without
 one.
@@ -42,10 +42,11 @@ class _OneDNNLinear(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear and not torch.is_grad_enabled():
-            x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32
-                                 and t.layout == torch.strided) for t in (x, weight, bias)):
+            given = {**dict(zip(("input", "weight", "bias"), args, strict=False)), **kwargs}
+            x, weight, bias = given.get("input"), given.get("weight"), given.get("bias")
+            if x is not None and weight is not None and all(
+                    t is None or (t.device.type == "cpu" and t.dtype == torch.float32
+                                  and t.layout == torch.strided) for t in (x, weight, bias)):
                 return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         return func(*args, **kwargs)
 
