@@ -223,29 +223,28 @@ def matmul_throughput(device: torch.device) -> dict[str, float]:
     from vaerun.onednn import available as onednn_available
     from vaerun.onednn import linear_layers
 
-    def gflops(m, k, n, reps):
-        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    def rate(product, m, k, n, reps):
+        """GFLOP/s of `product()`, an m×k by k×n matrix product, after 3 warm-up calls."""
         for _ in range(3):
-            a @ b
+            product()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(reps):
-            a @ b
+            product()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+
+    def gflops(m, k, n, reps):
+        a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+        return rate(lambda: a @ b, m, k, n, reps)
 
     def linear_gflops(m, k, n, reps, onednn):
         x, w, b = (torch.randn(m, k, device=device), torch.randn(n, k, device=device),
                    torch.randn(n, device=device))
         with torch.inference_mode(), linear_layers() if onednn else contextlib.nullcontext():
-            for _ in range(3):
-                F.linear(x, w, b)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                F.linear(x, w, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+            return rate(lambda: F.linear(x, w, b), m, k, n, reps)
 
     out = {"square_2048": gflops(2048, 2048, 2048, 10),
            "model_shapes_128x784x400": gflops(128, 784, 400, 400),
