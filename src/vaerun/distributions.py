@@ -1,17 +1,5 @@
-"""Distributions torch.distributions lacks, or gets wrong at extreme parameters, or computes
-slowly, in its idiom.
+"""Distributions torch.distributions lacks, or gets wrong at extreme parameters, in its idiom.
 
-- `softplus`: log(1 + eᵗ) as max(t, 0) − log σ(|t|), from sigmoid and log. torch's goes
-  through log1p, which on this project's CPU (AVX-512) takes 6× as long as log: the
-  log-probabilities of a chunk of 2²¹ outputs of a trained decoder took 11.2 ms with it and
-  4.7 ms without, and it was 41% of the default run's IWAE evaluation.
-- `Bernoulli`: torch's, with log p(x) = x·l − softplus(l) from the logits l, in place where
-  it can be, where torch's −BCE-with-logits makes about seven passes on the CPU.
-- `binary_cross_entropy`: torch's F.binary_cross_entropy (its logs floored at −100), summed
-  over the last axis, from vectorised logs: torch's CPU kernel takes log and log1p per element
-  in a scalar loop, 5× as long (a third of the per-epoch test evaluation).
-- `BernoulliImage`: the D pixels of a Bernoulli as one event, whose log_prob without a
-  gradient takes one log per 112 pixels (the IWAE of 2,000 test images: 1.66 s → 1.40 s).
 - `StableContinuousBernoulli`: torch's ContinuousBernoulli with its normaliser and mean taken
   from the logits. torch clamps probs to [eps, 1 − eps], so past |logit| ≈ 16 its log C is stuck
   at 2.77 (the true value grows as log|L|) and its mean at 0.0627.
@@ -20,8 +8,7 @@ slowly, in its idiom.
   reaching to ±∞ (PixelCNN++, Salimans et al. 2017). log_prob is the log mass of x's bin,
   computed in log space.
 - `PixelMixture`: torch's MixtureSameFamily with the components on the second-to-last axis
-  ([..., K, D]) instead of the last: on the CPU a softmax over a last axis of 5 costs 30× one
-  over a leading axis, and this is the discretized logistic mixture's hot loop.
+  ([..., K, D]) instead of the last, the layout the decoder's outputs have.
 """
 
 from __future__ import annotations
@@ -35,7 +22,6 @@ from torch.distributions import (
     AffineTransform,
     ContinuousBernoulli,
     Distribution,
-    Independent,
     Normal,
     SigmoidTransform,
     TransformedDistribution,
@@ -46,95 +32,6 @@ from torch.distributions import (
 LEVELS = 256  # grey levels k = 0..255, x = k/255
 WIDTH = 1 / (LEVELS - 1)  # a bin's width
 SMALL_LOGIT = 0.1  # below it, the continuous Bernoulli's closed forms use their series
-
-
-class Softplus(torch.autograd.Function):
-    """softplus(t) = log(1 + eᵗ) = max(t, 0) − log σ(|t|), and its derivative σ(t). σ(|t|)
-    lies in [½, 1], so nothing overflows or underflows; where 1 − σ(|t|) is below half a
-    float's epsilon the log rounds to 0 instead of −e^{−|t|}: an absolute error below 6e-8
-    (float32), as float rounding of softplus itself near 1."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:
-        ctx.save_for_backward(t)
-        return t.clamp(min=0).sub_(t.abs().sigmoid_().log_())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        (t,) = ctx.saved_tensors
-        return torch.sigmoid(t).mul_(grad)
-
-
-def softplus(t: Tensor) -> Tensor:
-    """log(1 + eᵗ), as F.softplus (beta 1, no threshold) to float rounding, without log1p."""
-    return Softplus.apply(t)
-
-
-def add_product(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """out + a·b, into `out` where the product's shape fits it, else a new broadcast tensor
-    (x with more axes than the logits)."""
-    if out.shape != torch.broadcast_shapes(out.shape, a.shape, b.shape):
-        return torch.addcmul(out, a, b)
-    return out.addcmul_(a, b)
-
-
-class Bernoulli(torch.distributions.Bernoulli):
-    """log p(x) = x·l − softplus(l) (the BCE with logits, negated), for x in {0, 1} or, as
-    the PyTorch examples VAE uses it, in [0, 1]; exact to float32 rounding, about 1e-7·|l|."""
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        if self._validate_args:
-            self._validate_sample(value)
-        logits = self.logits
-        return add_product(softplus(logits).neg_(), value, logits)
-
-
-def binary_cross_entropy(p: Tensor, x: Tensor) -> Tensor:
-    """−Σ_d [x_d·log p_d + (1 − x_d)·log(1 − p_d)] over the last axis, each log floored at −100
-    as F.binary_cross_entropy floors it, for p and x in [0, 1] (nats; no gradient kept).
-    log(1 − p) is taken as the log of the rounded 1 − p, not by log1p (6× as slow here): exact
-    where p ≥ ½, and off by at most one float epsilon (absolute) where p is near 0, which over
-    D pixels stays below the float rounding of the sum itself."""
-    with torch.no_grad():
-        log_p = torch.log(p).clamp_min_(-100)
-        log_q = torch.neg(p).add_(1).log_().clamp_min_(-100)
-        return log_q.addcmul_(x, log_p.sub_(log_q)).sum(-1).neg_()
-
-
-GROUP = 112  # pixels whose σ(|l|) ∈ [½, 1] are multiplied before one log: ≥ 2^-112, a normal float
-
-
-class BernoulliImage(Independent):
-    """The D pixels (the last axis) of Bernoulli(logits=l) as one event, as Independent(·, 1).
-    Where no gradient is asked for (the test evaluation, the IWAE bound), log_prob takes
-
-        log p(x) = Σ_d x_d·log σ(l_d) + (1 − x_d)·log σ(−l_d)
-                 = Σ_d (x_d − ½)·l_d − ½·Σ_d |l_d| + log Π_d σ(|l_d|),
-
-    from log σ(±l) = ±l/2 − |l|/2 + log σ(|l|): two plain sums, and the σ(|l_d|) ∈ [½, 1] of each
-    GROUP pixels multiplied before one log (the product stays ≥ 2^-112, so no underflow): the
-    log, the dearest step, runs on one value in 112. The product's rounding is below 112 float
-    epsilons, 1e-5 nats per group in float32. Training takes the per-pixel sum
-    (`Bernoulli.log_prob`), with its gradient."""
-
-    def __init__(self, logits: Tensor):
-        super().__init__(Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        logits = self.base_dist.logits
-        grad = torch.is_grad_enabled() and (logits.requires_grad or value.requires_grad)
-        if grad or torch.finfo(logits.dtype).tiny > 2.0 ** -GROUP:  # float16 would underflow
-            return super().log_prob(value)
-        out = (logits * (value - 0.5)).sum(-1)
-        size = logits.abs()
-        out.sub_(size.sum(-1), alpha=0.5)
-        sig = size.sigmoid_()
-        d = sig.shape[-1]
-        n = d - d % GROUP
-        out.add_(sig[..., :n].view(*sig.shape[:-1], -1, GROUP).prod(-1).log_().sum(-1))
-        if n < d:
-            out.add_(sig[..., n:].prod(-1).log_())
-        return out
 
 
 def log1mexp(d: Tensor) -> Tensor:
@@ -212,8 +109,8 @@ class BinnedLogistic(Binned):
 
     def log_prob(self, x: Tensor) -> Tensor:
         lo, hi, first, last = self.edges(x)
-        log_cdf_hi = -softplus(-hi)  # log σ(hi): all of it in the first bin
-        log_sf_lo = -softplus(lo)  # log σ(−lo) = log(1 − σ(lo)): all of it in the last
+        log_cdf_hi = -F.softplus(-hi)  # log σ(hi): all of it in the first bin
+        log_sf_lo = -F.softplus(lo)  # log σ(−lo) = log(1 − σ(lo)): all of it in the last
         # log(1 − e^{−d}) by its one branch that is exact for the small d of narrow bins; for
         # d > 16 it rounds to 0 where the truth is above −1e-7
         width = torch.log(-torch.expm1(-(hi - lo).clamp_min(1e-30)))

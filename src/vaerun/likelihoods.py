@@ -19,12 +19,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Bernoulli as BernoulliDist
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import Laplace as LaplaceDist
 
 from vaerun.config import Registered, require, require_at_least, require_positive
 from vaerun.distributions import (
-    BernoulliImage,
     BinnedLogistic,
     BinnedNormal,
     PixelMixture,
@@ -44,6 +44,13 @@ def pixels(base: Distribution) -> Distribution:
 def soft_floor(raw: Tensor, m: float | None) -> Tensor:
     """A soft lower bound: m + softplus(raw − m) ≥ m, ≈ raw well above m (raw if m is None)."""
     return raw if m is None else m + F.softplus(raw - m)
+
+
+def constant(module: nn.Module, name: str, value: float) -> None:
+    """A fixed number as a 0-dim float32 buffer (moved with the module, not saved in its
+    state): a likelihood that builds its distribution from a Python number would make a new
+    tensor, and on a GPU a host-to-device copy, at every step."""
+    module.register_buffer(name, torch.tensor(float(value)), persistent=False)
 
 
 def require_floor(key: str, value: float | None) -> None:
@@ -163,7 +170,7 @@ class Bernoulli(Likelihood):
         name: str = "bernoulli"
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        return BernoulliImage(out)
+        return pixels(BernoulliDist(logits=out, validate_args=False))
 
 
 class ContinuousBernoulli(Likelihood):
@@ -205,8 +212,12 @@ class Laplace(Likelihood):
         def check(self, key: str) -> None:
             require_positive(f"{key}.scale", self.scale)
 
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
+        super().__init__(cfg, dim, link, batch_size)
+        constant(self, "scale", cfg.scale)
+
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        return pixels(LaplaceDist(self.mean(out), self.cfg.scale, validate_args=False))
+        return pixels(LaplaceDist(self.mean(out), self.scale, validate_args=False))
 
 
 class Reduction(str, enum.Enum):
@@ -232,8 +243,12 @@ class Gaussian(Likelihood):
         def check(self, key: str) -> None:
             require_positive(f"{key}.sigma", self.sigma)
 
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
+        super().__init__(cfg, dim, link, batch_size)
+        constant(self, "fixed_log_sigma", 0.5 * math.log(self.variance()))
+
     def isotropic_sigma(self) -> tuple[float, bool] | None:
-        return math.exp(self.log_sigma(None, None).item()), False
+        return math.sqrt(self.variance()), False
 
     def variance(self) -> float:
         """σ²: likelihood.sigma², or the σ² its reduction makes of F.mse_loss."""
@@ -254,10 +269,9 @@ class Gaussian(Likelihood):
                 f"{math.sqrt(self.variance()):.4g}); likelihood.sigma is ignored and log_px_z, "
                 "elbo are those of that model")
 
-    def log_sigma(self, out: Tensor | None, x: Tensor | None) -> Tensor:
+    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
         """log σ, broadcastable to [B, D]."""
-        device = None if out is None else out.device
-        return torch.tensor(0.5 * math.log(self.variance()), device=device)
+        return self.fixed_log_sigma
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         return pixels(Normal(self.mean(out), self.log_sigma(out, x).exp(), validate_args=False))
@@ -329,6 +343,10 @@ class GaussianLearned(Gaussian):
         self.register_buffer("mse_avg", torch.zeros(()))
         self.register_buffer("mse_weight", torch.zeros(()))
 
+    def variance(self) -> float:
+        """σ² before anything is learned: init_sigma²."""
+        return self.cfg.init_sigma**2
+
     @property
     def per_pixel(self) -> bool:
         return self.cfg.variance in (Variance.per_pixel, Variance.decoder)
@@ -352,7 +370,7 @@ class GaussianLearned(Gaussian):
         if v == Variance.shared:
             return math.exp(self.shared_log_sigma.item()), True
         if v == Variance.optimal and not self.training:
-            return math.exp(self.log_sigma(None, None).item()), True
+            return math.exp(self.test_log_sigma().item()), True
         return None
 
     def nonfinite_hint(self) -> str | None:
@@ -374,12 +392,15 @@ class GaussianLearned(Gaussian):
         if v == Variance.decoder:
             return self.bounded(out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma))
         if self.training:
-            mse = F.mse_loss(self.mean(out).detach(), x)
-        elif self.mse_weight == 0:  # no training step yet: nothing to average, never the test
-            return torch.tensor(math.log(self.cfg.init_sigma), device=self.mse_avg.device)
-        else:
-            mse = self.mse_avg / self.mse_weight
-        return 0.5 * mse.clamp_min(1e-12).log()
+            return 0.5 * F.mse_loss(self.mean(out).detach(), x).clamp_min(1e-12).log()
+        return self.test_log_sigma()
+
+    def test_log_sigma(self) -> Tensor:
+        """`optimal` at test time: log σ from the training batches' averaged MSE, or
+        init_sigma before any training step (nothing to average; never the test data)."""
+        w = self.mse_weight
+        mse = (self.mse_avg / w.clamp_min(1e-30)).clamp_min(1e-12)
+        return torch.where(w > 0, 0.5 * mse.log(), self.fixed_log_sigma)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         if self.training and self.cfg.variance == Variance.optimal:

@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from vaerun import onednn
 from vaerun.config import Registered, require_at_least
 from vaerun.likelihoods import Likelihood
 
@@ -176,13 +175,11 @@ class VAE(nn.Module):
     @contextmanager
     def evaluating(self) -> Iterator[VAE]:
         """The model in eval mode for the block (a learned σ is its test-time one), then back
-        in the mode it was in, whatever the block raises. Its linear layers run on oneDNN
-        where no gradient is asked for (vaerun.onednn)."""
+        in the mode it was in, whatever the block raises."""
         was_training = self.training
         self.eval()
         try:
-            with onednn.linear_layers():
-                yield self
+            yield self
         finally:
             self.train(was_training)
 

@@ -13,18 +13,18 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from vaerun.distributions import binary_cross_entropy
 from vaerun.model import VAE
 
 
 def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
                pixel_sse: Tensor | None = None) -> dict[str, Tensor]:
     """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached.
-    `bce=False` skips the BCE diagnostic: its logs cost as much as a third of a training step,
-    so the training loop computes it only on the steps it logs. `pixel_sse`, if given, gets
+    `bce=False` skips the BCE diagnostic, which the training loop computes only on the steps
+    it logs. `pixel_sse`, if given, gets
     each pixel's squared error summed over the batch added to it."""
     q = vae.posterior(x)
     z = q.rsample()
@@ -48,7 +48,8 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
             **lik.terms(out, x),
         }
         if bce:
-            terms["bce"] = binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1))
+            terms["bce"] = F.binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1),
+                                                  reduction="none").sum(-1)
         return terms
 
 
