@@ -36,7 +36,7 @@ def test_grey_subset_in_memory():
 @pytest.mark.parametrize("mode", ["dynamic", "static", "threshold"])
 def test_binarisation_modes(mode):
     data = MNISTBinary(MNISTBinary.Config(n_train=64, n_test=64, binarize=mode))
-    gen = data.generator(0)
+    gen = data.noise(0)
     b1 = data.batch(torch.arange(64), gen)
     b2 = data.batch(torch.arange(64), gen)
     assert set(b1.unique().tolist()) <= {0.0, 1.0}
@@ -48,7 +48,7 @@ def test_binarisation_modes(mode):
 
 def test_dequantised_values():
     data = MNIST(MNIST.Config(n_train=32, n_test=32, dequantize=True))
-    x = data.batch(torch.arange(32), data.generator(0))
+    x = data.batch(torch.arange(32), data.noise(0))
     k = torch.floor(x * 256)
     assert torch.equal(k, data.train * 256)  # x = (k + u)/256 with u in [0, 1)
     assert (x > data.train).float().mean() > 0.99
@@ -113,32 +113,3 @@ def test_sizes_are_checked():
     with pytest.raises(ConfigError, match="dataset.n_test"):
         MNIST.validate(MNIST.Config(n_test=10001), "dataset")
     assert Dataset.lookup("mnist_binary") is MNISTBinary
-
-
-def test_files_read_ahead_are_taken_once_and_a_file_changed_since_is_read_again(tmp_path):
-    """`read_ahead` reads the files in a thread; the dataset built next takes what it read
-    (and nothing is left waiting), while a file changed after it is read anew, its damage
-    named as without the read ahead."""
-    from vaerun import data
-
-    MNIST.read_ahead(MNIST.Config())
-    assert len(data._AHEAD) == 2
-    ahead = MNIST(MNIST.Config(n_train=500, n_test=500))
-    assert not data._AHEAD
-    assert torch.equal(ahead.test, MNIST(MNIST.Config(n_train=500, n_test=500)).test)
-
-    raw = _torchvision_layout(tmp_path)
-    cfg = MNIST.Config(root=str(tmp_path), n_train=10, n_test=10)
-    MNIST.read_ahead(cfg)
-    path = raw / "t10k-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-100])  # after the read ahead
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte fails its SHA-256"):
-        MNIST(cfg)
-    assert not data._AHEAD
-    path.unlink()
-    blob = (BUNDLED / "t10k-images-idx3-ubyte.gz").read_bytes()
-    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
-    MNIST.read_ahead(cfg)  # an error met ahead is raised where the file is used
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz is truncated or corrupt"):
-        MNIST(cfg)
-    assert not data._AHEAD

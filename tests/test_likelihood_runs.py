@@ -12,7 +12,7 @@ from conftest import SMALL
 from omegaconf import OmegaConf
 from torch.distributions import Bernoulli, ContinuousBernoulli, Laplace, Normal
 
-from vaerun.assemble import build, typed
+from vaerun.assemble import build, checked
 from vaerun.objective import seeded
 
 
@@ -62,7 +62,7 @@ def test_logged_log_px_z_is_the_torch_distributions_value(vaerun, tmp_path, over
     m = json.loads((run / "metrics.json").read_text())
     assert all(math.isfinite(v) for k, v in m.items() if k.startswith("test/"))
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    cfg = typed(OmegaConf.create(state["config"]))
+    cfg = checked(OmegaConf.create(state["config"]))
     data, vae = build(cfg, torch.device("cpu"))
     vae.load_state_dict(state["model"])
     vae.eval()

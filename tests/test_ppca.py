@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch.distributions import MultivariateNormal
 
 from vaerun import ppca
-from vaerun.assemble import build, load_run, typed
+from vaerun.assemble import build, checked, load_config, load_run
 from vaerun.data import DataConfig, Dataset
 from vaerun.evaluate import exact_metrics, iwae_nll
 from vaerun.train import train
@@ -55,7 +55,7 @@ class SyntheticGaussian(Dataset):
 
 
 def config(likelihood: dict, epochs: int = 40, model: str = "linear"):
-    return typed(OmegaConf.create({
+    return checked(OmegaConf.create({
         "dataset": {"name": "test_gaussian"}, "likelihood": likelihood,
         "model": {"name": model, "latent_dim": LATENT},
         "optimizer": {"_target_": "torch.optim.Adam", "lr": 3e-3},
@@ -107,7 +107,7 @@ def test_a_trained_linear_vae_reaches_the_ppca_optimum_and_bounds_hold(tmp_path,
     assert exact == pytest.approx(m["test/ppca_nll"], abs=0.1)
     assert m["test/kl"] == pytest.approx(m["test/ppca_kl"], rel=0.05)
     # the exact value is the VAE's own marginal, recomputed here from its weights
-    _, data, vae, _ = load_run(tmp_path / "run")
+    data, vae = load_run(tmp_path / "run", *load_config(tmp_path / "run"))
     w, b = vae.affine_mean()
     sigma = vae.likelihood.isotropic_sigma()[0]
     mvn = MultivariateNormal(b.double(), w.double() @ w.double().T

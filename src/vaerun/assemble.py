@@ -1,6 +1,6 @@
-"""A run assembled from its typed config: device, data, model with its likelihood, optimizer, and
-the start-or-resume decision. `vaerun train`, `vaerun eval` and `vaerun report` all build runs
-here; it imports the part modules, so their registries are filled before `typed` looks them up.
+"""A run assembled from its typed config: data, model with its likelihood, optimizer, and the
+start-or-resume decision. `vaerun train` and `vaerun eval` build runs here; it imports the part
+modules, so their registries are filled before `checked` looks them up.
 """
 
 from __future__ import annotations
@@ -19,25 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaerun import checkpoint, config, slurm
+from vaerun.checkpoint import Progress
 from vaerun.config import RunConfig, require
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
 from vaerun.objective import Meter
+from vaerun.runtime import resolve_device
 
 log = logging.getLogger("vaerun")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", name, "CUDA is not available here; use "
-                          "trainer.device=cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device", name, "MPS is not available here; use cpu or auto")
-    return torch.device(name)
 
 
 def optimizer_class(spec: dict) -> type[torch.optim.Optimizer]:
@@ -98,15 +89,12 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
                           f"optimizer state, and this {device.type} has {have / 1e9:.3g} GB")
 
 
-def typed(cfg: DictConfig, training: bool = True, read_ahead: bool = False) -> RunConfig:
+def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     """The typed, fully checked config of a run: devices, memory and (`training`) optimizer
-    included. Checking the optimizer builds one, and torch then imports torch._dynamo (1 s):
-    an evaluation of a saved run, which never steps, skips it. `read_ahead`: the run's data
-    files are read meanwhile, in a thread (`Dataset.read_ahead`)."""
+    included. Checking the optimizer builds one, and torch then imports torch._dynamo: an
+    evaluation of a saved run, which never steps, skips it."""
     rc = config.typed(cfg)
     device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
-    if read_ahead:
-        Dataset.lookup(rc.dataset.name).read_ahead(rc.dataset)
     if training:
         optimizer_kwargs(rc.optimizer)
     check_memory(rc, device)
@@ -126,28 +114,6 @@ def make_optimizer(cfg: RunConfig, vae: VAE) -> torch.optim.Optimizer:
     return optimizer_class(cfg.optimizer)(vae.param_groups(kwargs["lr"]), **kwargs)
 
 
-def set_threads(threads: int | None) -> None:
-    """torch's CPU threads: `threads` of them (None: torch's default), each flushing subnormal
-    floats (below 1.2e-38) to zero. A multiply on those takes 18x as long here, and training
-    makes many: Adam's first moment of a weight whose gradient has gone to zero (a pixel that
-    stays 0, a dead unit) shrinks by β1 = 0.9 a step and is subnormal by MNIST's second epoch;
-    epochs 3-5 then took 2.2-2.3 s against 1.76 s. Flushed, nothing above 1e-38 changes. Set
-    before torch starts its thread pool (its threads inherit the setting), so before any work
-    on data."""
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-@dataclass
-class Progress:
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimiser steps so far
-    batch: int = 0  # next batch within the current epoch
-    perm: torch.Tensor | None = None  # the current epoch's data order
-    seconds: float = 0.0  # training time so far, resumes included
-
-
 @dataclass
 class Session:
     """Everything a training run holds: what its checkpoint saves and restores."""
@@ -158,7 +124,7 @@ class Session:
     data: Dataset
     vae: VAE
     opt: torch.optim.Optimizer
-    gen: torch.Generator  # the data order's (and training noise's) random stream
+    gen: torch.Generator  # the data order's random stream (on the CPU)
     seed: int
     progress: Progress
     resumed: bool = False
@@ -176,33 +142,18 @@ class Session:
     def checkpoint_path(self) -> Path:
         return checkpoint.checkpoint_path(self.run_dir)
 
-    def state(self, status: str) -> dict[str, Any]:
-        p, cuda = self.progress, self.device.type == "cuda"
-        rng = {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
-               "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
-        return {"model": self.vae.state_dict(), "optimizer": self.opt.state_dict(), "rng": rng,
-                "epoch": p.epoch, "step": p.step, "batch": p.batch, "perm": p.perm,
-                "seconds": p.seconds, "seed": self.seed, "status": status,
-                "device": self.device.type, "meter": self.meter.state(),
-                "wall_seconds": self.wall_seconds,
-                "config": self.cfg.plain}
-
     def save(self, status: str) -> None:
         """Write the checkpoint (atomically); `status` is what it records the run as."""
-        checkpoint.save(self.checkpoint_path, self.state(status))
+        state = checkpoint.snapshot(
+            model=self.vae, optimizer=self.opt, order=self.gen, progress=self.progress,
+            device=self.device, seed=self.seed, status=status, meter=self.meter.state(),
+            wall_seconds=self.wall_seconds, config=self.cfg.plain)
+        checkpoint.save(self.checkpoint_path, state)
         self.status = status
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.vae.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        self.gen.set_state(state["rng"]["data"].cpu())
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        self.progress = checkpoint.resume_into(state, self.vae, self.opt, self.gen, self.device)
         self.seed = state["seed"]
-        perm = state["perm"]
-        self.progress = Progress(state["epoch"], state["step"], state["batch"],
-                                 None if perm is None else perm.to(self.device), state["seconds"])
         self.resumed, self.status = True, state["status"]
         self.meter = Meter.from_state(state.get("meter"), self.device)
         self.wall_before = state.get("wall_seconds", 0.0)
@@ -217,17 +168,6 @@ def _seed(cfg: RunConfig) -> int:
     return s if s is not None else int.from_bytes(os.urandom(4), "little") >> 1
 
 
-def _runtime(cfg: RunConfig) -> torch.device:
-    """The device, with torch's threads and determinism set as the config asks."""
-    t = cfg.trainer
-    set_threads(t.threads or slurm.cpus_per_task())
-    if t.deterministic:
-        # bit-identical reruns on GPU too (CPU kernels already are, at a fixed thread count)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    return resolve_device(t.device)
-
-
 def _refuse_resume(cfg: RunConfig, run_dir: Path, state: dict[str, Any]) -> None:
     """Raise Refused unless the checkpoint `state` can continue as this config."""
     changed = checkpoint.config_changes(state["config"], cfg.plain)
@@ -240,10 +180,6 @@ def _refuse_resume(cfg: RunConfig, run_dir: Path, state: dict[str, Any]) -> None
         raise Refused(f"the checkpoint in {run_dir} has begun epoch {epoch} (step "
                       f"{state['step']}), past trainer.epochs={t.epochs}; resume with "
                       f"trainer.epochs={epoch} or more")
-    saved = checkpoint.device_type(state)
-    if saved != resolve_device(t.device).type:
-        raise Refused(f"the checkpoint in {run_dir} holds random streams of a {saved} device; "
-                      f"resume it with trainer.device={saved} (or start a new run)")
 
 
 def start(cfg: RunConfig, run_dir: Path) -> Session:
@@ -262,12 +198,12 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
                           "it, or choose another hydra.run.dir")
         state = checkpoint.load(path)
         _refuse_resume(cfg, run_dir, state)
-    device = _runtime(cfg)
+    device = resolve_device(cfg.trainer.device)
     seed = state["seed"] if state else _seed(cfg)
     torch.manual_seed(seed)
     data, vae = build(cfg, device)
     session = Session(cfg, run_dir, device, data, vae, make_optimizer(cfg, vae),
-                      data.generator(seed), seed, Progress())
+                      torch.Generator().manual_seed(seed), seed, Progress())
     if state is not None:
         checkpoint.restore(path, lambda: session.restore(state))
     return session
@@ -276,12 +212,10 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
 EVAL_KEYS = ("eval.", "trainer.device", "trainer.threads")
 
 
-def load_run(run_dir: Path, overrides: dict[str, str] | None = None, *,
-             device: str | None = None, n_test: int | None = None
-             ) -> tuple[RunConfig, Dataset, VAE, dict[str, Any]]:
-    """A saved run rebuilt from its checkpoint, with `overrides` (eval.*, trainer.device,
-    trainer.threads only) applied: its typed config, data, trained VAE and checkpoint state.
-    `device` and `n_test` (with one training image) serve pictures of many runs."""
+def load_config(run_dir: Path, overrides: dict[str, str] | None = None
+                ) -> tuple[RunConfig, dict[str, Any]]:
+    """A saved run's checked config, with `overrides` (eval.*, trainer.device,
+    trainer.threads only) applied, and its checkpoint state."""
     run_dir = Path(run_dir)
     ckpt = checkpoint.checkpoint_path(run_dir)
     if not ckpt.exists():
@@ -293,19 +227,22 @@ def load_run(run_dir: Path, overrides: dict[str, str] | None = None, *,
             raise UserError(f"{key} cannot change at evaluation; only eval.* and "
                             "trainer.device, trainer.threads")
     state = checkpoint.load(ckpt)
+    if not isinstance(state.get("config"), dict):
+        raise UserError(f"checkpoint {ckpt} holds no config of a run; delete it to start the "
+                        "run again")
     saved = OmegaConf.create(state["config"])
-    if device is not None:
-        saved.trainer.device = device
-    if n_test is not None:
-        saved.dataset.n_train, saved.dataset.n_test = 1, n_test
     OmegaConf.set_struct(saved, True)
     try:
         merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(
             [f"{k}={v}" for k, v in overrides.items()]))
     except OmegaConfBaseException as e:
         raise UserError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
-    cfg = typed(merged, training=False)
-    set_threads(cfg.trainer.threads)
+    return checked(merged, training=False), state
+
+
+def load_run(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> tuple[Dataset, VAE]:
+    """The data and trained VAE of a saved run (`load_config`'s config and state)."""
     data, vae = build(cfg, resolve_device(cfg.trainer.device))
-    checkpoint.restore(ckpt, lambda: vae.load_state_dict(state["model"]))
-    return cfg, data, vae, state
+    checkpoint.restore(checkpoint.checkpoint_path(run_dir),
+                       lambda: vae.load_state_dict(state["model"]))
+    return data, vae

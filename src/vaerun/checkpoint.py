@@ -1,25 +1,71 @@
 """Checkpoints: `checkpoints/last.pt` holds model, optimiser, progress (epoch, step, position in
 the epoch's data order), every RNG state and the config, so a resumed run continues exactly.
-Only tensors and plain containers, so `torch.load(weights_only=True)` reads it."""
+Only tensors and plain containers, so `torch.load(weights_only=True)` reads it. Its format
+(`snapshot`, `resume_into`) lives here beside its I/O.
+
+Every random stream it holds is a CPU one (the data order's generator and torch's CPU state):
+a run may resume on another device type. A CUDA run also keeps torch's CUDA state, restored
+where it resumes on CUDA.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vaerun.atomic import write_atomic
 from vaerun.errors import UserError
 
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.device", "trainer.threads",
-                     "trainer.log_every", "trainer.eval_batch_size", "trainer.compile", "eval.")
+                     "trainer.log_every", "trainer.eval_batch_size", "trainer.compile",
+                     "trainer.progress_seconds", "eval.")
 
 
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
         "status", "config")  # what every checkpoint holds
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps so far
+    batch: int = 0  # next batch within the current epoch
+    perm: torch.Tensor | None = None  # the current epoch's data order
+    seconds: float = 0.0  # training time so far, resumes included
+
+
+def snapshot(*, model: nn.Module, optimizer: torch.optim.Optimizer, order: torch.Generator,
+             progress: Progress, device: torch.device, **fields: Any) -> dict[str, Any]:
+    """The checkpoint of a run: its model, optimiser, progress and random streams, plus
+    `fields` (seed, status, meter, wall_seconds, config)."""
+    p = progress
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    rng = {"torch": torch.get_rng_state(), "data": order.get_state(), "cuda": cuda}
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+            "epoch": p.epoch, "step": p.step, "batch": p.batch,
+            "perm": None if p.perm is None else p.perm.cpu(), "seconds": p.seconds,
+            "device": device.type, **fields}
+
+
+def resume_into(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                order: torch.Generator, device: torch.device) -> Progress:
+    """Load a checkpoint's model, optimiser and random streams; its progress, perm on
+    `device`. torch's CUDA stream is restored where the run was and is on CUDA."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    order.set_state(state["rng"]["data"].cpu())
+    if device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+    perm = state["perm"]
+    return Progress(state["epoch"], state["step"], state["batch"],
+                    None if perm is None else perm.to(device), state["seconds"])
 
 
 def checkpoint_path(run_dir: Path) -> Path:
@@ -55,13 +101,6 @@ def restore(path: Path, apply: Callable[[], Any]) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} does not fit this run ({first[:200]}); delete it to "
                         "start the run again, or use the config it was written with") from None
-
-
-def device_type(state: dict[str, Any]) -> str:
-    """The device type whose random streams a checkpoint holds (older ones: by state size)."""
-    if "device" in state:
-        return str(state["device"])
-    return "cpu" if state["rng"]["data"].numel() > 16 else "cuda"
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -132,9 +132,14 @@ class TrainerConfig:
     compile: bool = False
     deterministic: bool = False
     threads: int | None = None
+    progress_seconds: float | None = 10.0
 
     def check(self, key: str) -> None:
         require_at_least(f"{key}.epochs", self.epochs, 0)
+        if self.progress_seconds is not None:
+            ok = is_number(self.progress_seconds) and 0 <= self.progress_seconds < math.inf
+            require(ok, f"{key}.progress_seconds", self.progress_seconds,
+                    "must be a number of seconds >= 0 (or null: no progress lines)")
         require_at_least(f"{key}.batch_size", self.batch_size, 1)
         require_at_least(f"{key}.log_every", self.log_every, 1)
         require_at_least(f"{key}.eval_batch_size", self.eval_batch_size, 1)
@@ -234,7 +239,7 @@ def typed(cfg: DictConfig) -> RunConfig:
 HEADLINE = ["test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/nll_iwae",
             "test/bits_per_dim", "test/active_units"]  # HParams' metric columns, in this order
 PARTS = ("likelihood", "dataset", "model")
-UNTRACKED = ("trainer.resume",)  # keys that never change what a run computes
+UNTRACKED = ("trainer.resume", "trainer.progress_seconds")  # never change what a run computes
 
 
 def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import shutil
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,38 +37,10 @@ def _read(path: Path) -> tuple[bytes, str]:
     return raw, hashlib.sha256(raw).hexdigest()
 
 
-# Files being read in a thread ahead of their use (`Dataset.read_ahead`), one after the other,
-# by path, size and modification time: a file changed since is read again.
-_AHEAD: dict[tuple[str, int, int], Future] = {}
-_READER = ThreadPoolExecutor(1, "vaerun-read")  # its thread starts at the first read ahead
-
-
-def _stamp(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return str(path), st.st_size, st.st_mtime_ns
-
-
-def _read_ahead(path: Path) -> None:
-    _AHEAD[_stamp(path)] = _READER.submit(_read, path)
-
-
-def _taken(path: Path) -> tuple[bytes, str] | None:
-    """What a read ahead of this file found (its exception re-raised), or None."""
-    try:
-        key = _stamp(path)
-    except OSError:
-        return None
-    stale = [k for k in _AHEAD if k[0] == key[0] and k != key]
-    for k in stale:
-        del _AHEAD[k]
-    future = _AHEAD.pop(key, None)
-    return None if future is None else future.result()
-
-
 def read_idx(path: Path, sha256: str | None, fix: str) -> np.ndarray:
     """Read an IDX file (raw or .gz) into a uint8 array, checking the uncompressed SHA-256."""
     try:
-        raw, digest = _taken(path) or _read(path)
+        raw, digest = _read(path)
     except FileNotFoundError:
         raise DataError(f"data file {path} is missing; {fix}") from None
     except (OSError, EOFError, zlib.error) as e:
@@ -166,9 +137,8 @@ class Dataset(Registered):
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.fresh(self.train[index], generator)
 
-    def generator(self, seed: int) -> torch.Generator:
-        """The training noise's stream, on the training device (fast; it is saved with the
-        checkpoint, whose resume therefore keeps the device)."""
+    def noise(self, seed: int) -> torch.Generator:
+        """A stream for `batch`'s noise, on the data's device."""
         return torch.Generator(device=self.device).manual_seed(seed)
 
     @staticmethod
@@ -189,21 +159,6 @@ class Dataset(Registered):
         fix = (f"put the original file at {raw / base} (torchvision's layout) "
                f"or {cls.missing_hint}")
         return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
-
-    @classmethod
-    def read_ahead(cls, cfg: DataConfig) -> None:
-        """Start reading the dataset's files, where they exist, in a thread of their own: gzip
-        and SHA-256 release the GIL, so they run beside a run's start-up imports, which hold
-        it (0.2 s of the 0.3 s that reading the bundled MNIST took). Errors wait for the read."""
-        for base in (getattr(cls, "train_file", None), getattr(cls, "test_file", None)):
-            if base is None:
-                return
-            try:
-                found = next((p for p in cls._paths(cfg, base)[0] if p.is_file()), None)
-            except ConfigError:
-                return
-            if found is not None:
-                _read_ahead(found)
 
     def _download(self) -> None:
         """torchvision's download into an existing `root`; what it created is removed again

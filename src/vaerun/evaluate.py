@@ -32,8 +32,9 @@ from torch.distributions import Distribution, kl_divergence
 from tqdm import tqdm
 
 from vaerun import ppca
+from vaerun.atomic import write_json
 from vaerun.data import Dataset
-from vaerun.logs import RunLog
+from vaerun.logs import ProgressLines, RunLog
 from vaerun.model import VAE
 from vaerun.objective import seeded
 from vaerun.pictures import all_pictures, save_png
@@ -41,8 +42,13 @@ from vaerun.pictures import all_pictures, save_png
 log = logging.getLogger("vaerun")
 
 ACTIVE_THRESHOLD = 0.01
-CHUNK_ELEMENTS = 1 << 21  # decoder outputs held at once while importance sampling: 8 MiB of
-# fp32 stays in cache (k=100 on the 10,000 test images: 8.4-8.9 s here, against 15.9 s at 1 << 24)
+KL_FILE = "kl_per_dim.json"  # what the report draws of a run's latent dimensions
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Decoder outputs held at once while importance sampling: on the CPU 8 MiB of float32,
+    which stays in cache; on a GPU 512 MiB, so that a chunk is many samples, not a few."""
+    return 1 << 21 if device.type == "cpu" else 1 << 27
 
 
 def log_weights(vae: VAE, x: Tensor, k: int, q: Distribution | None = None) -> Tensor:
@@ -56,17 +62,22 @@ def log_weights(vae: VAE, x: Tensor, k: int, q: Distribution | None = None) -> T
 
 @torch.inference_mode()
 def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
-             progress: bool = True, poll: Callable[[], None] | None = None) -> Tensor:
+             progress: bool = True, poll: Callable[[], None] | None = None,
+             progress_seconds: float | None = None) -> Tensor:
     """The k-sample importance-weighted estimate of −log p(x) per image (nats), in memory
     bounded for any k: for each batch of images the posterior is computed once, then samples
-    are drawn in chunks of about CHUNK_ELEMENTS decoder outputs and combined with logaddexp.
-    `poll()` is called between chunks (it may raise to stop the evaluation)."""
+    are drawn in chunks of about `chunk_elements` decoder outputs and combined with logaddexp.
+    `poll()` is called between chunks (it may raise to stop the evaluation); where stderr is
+    no terminal, a progress line every `progress_seconds`."""
     out_dim = vae.likelihood.params_per_pixel * vae.likelihood.dim
-    chunk = max(1, CHUNK_ELEMENTS // (min(batch_size, len(x)) * out_dim))
+    chunk = max(1, chunk_elements(x.device) // (min(batch_size, len(x)) * out_dim))
     batches = range(0, len(x), batch_size)
-    bar = tqdm(total=len(batches) * math.ceil(k / chunk), desc=f"IWAE k={k}", leave=False,
+    total = len(batches) * math.ceil(k / chunk)
+    bar = tqdm(total=total, desc=f"IWAE k={k}", leave=False,
                disable=None if progress else True, dynamic_ncols=True)
-    nll = []
+    lines = ProgressLines(f"test: IWAE k={k}", total, "chunks of samples",
+                          progress_seconds if progress else None)
+    nll, done = [], 0
     try:
         with vae.evaluating(), seeded(seed, x.device):
             for i in batches:
@@ -77,6 +88,8 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
                     lw = log_weights(vae, xb, min(chunk, k - j), q)
                     lse = torch.logaddexp(lse, lw.logsumexp(0))
                     bar.update()
+                    done += 1
+                    lines.update(done)
                     if poll is not None:
                         poll()
                 nll.append(math.log(k) - lse)
@@ -112,8 +125,8 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
         log.info("test: IWAE bound on -log p(x), %d importance samples for each of %d test "
                  "images (%.3g decoder passes; eval.iwae_k=0 skips it)", e.iwae_k, n, e.iwae_k * n)
         started = time.perf_counter()
-        nll = iwae_nll(vae, data.test, e.iwae_k, e.batch_size, e.seed, progress,
-                       poll).mean().item()
+        nll = iwae_nll(vae, data.test, e.iwae_k, e.batch_size, e.seed, progress, poll,
+                       cfg.trainer.progress_seconds).mean().item()
         seconds = time.perf_counter() - started
         log.info("test: IWAE took %.1f s: nll_iwae %.4f nats per image", seconds, nll)
         out.update(nll_iwae=nll, iwae_k=float(e.iwae_k), iwae_seconds=seconds)
@@ -136,9 +149,10 @@ def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
         return {}
     sigma, learned = iso
     spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", data.batch(
-        torch.arange(len(data.train), device=data.train.device), data.generator(0)))
+        torch.arange(len(data.train), device=data.train.device), data.noise(0)))
     latent = vae.latent_dim
     out = spec.reference(data.test, spec.sigma_ml(latent) if learned else sigma, latent)
+    out["ppca_kl_dims"] = spec.kl_dims(out["ppca_sigma"], latent)
     affine = vae.affine_mean()
     if affine is not None:
         w, b = affine
@@ -176,6 +190,12 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
                 if "nll_iwae" in metrics else ""]
         log.info("exact -log p(x) = %.4f nats per image; the bounds lie above it by: %s",
                  metrics["nll_exact"], ", ".join(g for g in gaps if g))
+    predicted = metrics.pop("ppca_kl_dims", None)
+    write_json(runlog.run_dir / KL_FILE, {
+        "step": step, "measured": kl_dims.tolist(), "ppca": predicted,
+        "ppca_sigma": metrics.get("ppca_sigma"), "about": "mean KL(q(z_i|x) || p(z_i)) of each "
+        "latent dimension over the test images, nats; ppca: 1/2 log(lambda_i / sigma^2) of the "
+        "training data's top eigenvalues at the run's sigma, 0 where lambda_i <= sigma^2"})
     runlog.scalars("test", metrics, step)
     runlog.update_split("test", metrics, step, bits_per_dim_data=data.values)
     write_pictures(vae, data, runlog, step, kl_dims)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,41 @@ from vaerun.atomic import read_json, write_json
 from vaerun.errors import UserError
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("vaerun")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLines:
+    """Where stderr is no terminal (a file, a pipe, nohup, a SLURM job's log), tqdm's bar
+    draws nothing: instead a plain log line at most every `seconds` (and none if `seconds` is
+    None), with how far `what` has got, its rate and the time left. `note()` adds to the line
+    (read only when one is written)."""
+
+    def __init__(self, what: str, total: int, unit: str, seconds: float | None, done: int = 0,
+                 note: Callable[[float], str] | None = None):
+        self.on = seconds is not None and not sys.stderr.isatty()
+        self.what, self.total, self.unit, self.seconds = what, total, unit, seconds or 0.0
+        self.first, self.started = done, time.perf_counter()
+        self.next = self.started + self.seconds
+        self.note = note
+
+    def update(self, done: int) -> None:
+        if not self.on:
+            return
+        now = time.perf_counter()
+        if now < self.next:
+            return
+        self.next = now + self.seconds
+        rate = (done - self.first) / max(now - self.started, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        extra = self.note(rate) if self.note else ""
+        progress_log.info("%s: %d/%d %s, %s left%s", self.what, done, self.total, self.unit,
+                          _duration(left) if math.isfinite(left) else "?", extra)
 
 
 def read_metrics(path: Path) -> dict[str, Any]:

@@ -53,6 +53,12 @@ class Spectrum:
         """pPCA's maximum-likelihood σ for `latent` dimensions: √(mean of the rest)."""
         return math.sqrt(self.eigenvalues[latent:].mean().item())
 
+    def kl_dims(self, sigma: float, latent: int) -> list[float]:
+        """pPCA's KL on each of its `latent` dimensions at this σ: ½·log(λ_i/σ²), 0 where
+        λ_i ≤ σ² (nats per image)."""
+        lam = self.eigenvalues[:latent]
+        return (0.5 * torch.log(lam / sigma**2)).clamp_min(0).tolist()
+
     def reference(self, x_test: Tensor, sigma: float, latent: int) -> dict[str, float]:
         """What the best linear model would do at this σ: its active units, its KL, and its
         exact −log p(x) on `x_test` (nats per image)."""

@@ -14,7 +14,7 @@ import yaml
 from vaerun.atomic import read_json
 
 SEED = "trainer.seed"
-IGNORED = ("trainer.resume", "trainer.device", "trainer.threads")
+IGNORED = ("trainer.resume", "trainer.device", "trainer.threads", "trainer.progress_seconds")
 
 
 @dataclass

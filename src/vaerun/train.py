@@ -9,6 +9,7 @@ the last write. The loop knows no likelihood: it asks the parts what to say.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,27 +19,31 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vaerun import assemble
+from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
 from vaerun.errors import Interrupted, NonFiniteError
 from vaerun.evaluate import evaluate_run, write_pictures
-from vaerun.logs import RunLog, read_metrics
+from vaerun.logs import ProgressLines, RunLog, read_metrics
 from vaerun.objective import Meter, elbo_terms, evaluate
 from vaerun.rundir import RunLock, clean_stale_temporaries, write_files
-from vaerun.signals import STOP, StopRequests
+from vaerun.signals import StopRequests
 
 log = logging.getLogger("vaerun")
 
 
-def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None
-          ) -> dict[str, Any]:
+def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None,
+          stop: StopRequests | None = None) -> dict[str, Any]:
     """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the
     directory's lock; returns its metrics.json content. `record`: files (the job's config) to
-    write into it once it is accepted. Raises Interrupted on a stop signal, after writing the
-    checkpoint if anything was started."""
+    write into it once it is accepted. `stop`: the command's stop requests (else the run
+    installs its own for its duration). Raises Interrupted on a stop signal, after writing the
+    checkpoint if anything was started. torch's process-wide settings are handed back after."""
     run_dir, opened = Path(run_dir), time.perf_counter()
-    with STOP.active() as stop, RunLock(run_dir, "train") as lock:
+    t = cfg.trainer
+    device = runtime.resolve_device(t.device)
+    with (contextlib.nullcontext(stop) if stop else StopRequests()) as stop, \
+            RunLock(run_dir, "train") as lock, runtime.applied(device, t.threads, t.deterministic):
         stop.check()  # asked to stop before anything started: leave nothing behind
         session = assemble.start(cfg, run_dir)  # or Refused: nothing written
         session.opened = opened
@@ -72,15 +77,24 @@ def _train(session: Session, stop: StopRequests) -> dict[str, Any]:
     return metrics
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a step's data noise (binarisation, dequantisation): a function of the run's
+    seed and the step alone, so no generator on the device needs saving, and a resume
+    continues the same stream on any device."""
+    return (seed + (step + 1) * 0x9E3779B97F4A7C15) % (1 << 63)
+
+
 class Trainer:
-    """One run's loop over epochs, with its logs and checkpoints."""
+    """One run's loop over epochs, with its logs and checkpoints. A step makes no host-device
+    sync: the loss is checked for NaN or Inf on the logging steps, where the meter is read."""
 
     def __init__(self, session: Session, runlog: RunLog, stop: StopRequests):
         self.s, self.runlog, self.stop = session, runlog, stop
         self.cfg, self.p = session.cfg, session.progress
         self.n, self.bs = len(session.data.train), self.cfg.trainer.batch_size
         self.steps_per_epoch = math.ceil(self.n / self.bs)
-        # optional: on this project's CPU it gave no reliable gain (README, Performance)
+        self.noise = torch.Generator(device=session.device)  # reseeded every step
+        self.last_loss: float | None = None
         self.terms_of = torch.compile(elbo_terms) if self.cfg.trainer.compile else elbo_terms
 
     def run(self) -> dict[str, Any]:
@@ -105,25 +119,18 @@ class Trainer:
         """Train from the current position to the end of the epoch (or a stop request);
         returns the seconds it took."""
         s, p, t = self.s, self.p, self.cfg.trainer
-        if p.perm is None:
-            p.perm = torch.randperm(self.n, generator=s.gen, device=s.device)
+        if p.perm is None:  # drawn on the CPU (the checkpoint's stream), used on the device
+            p.perm = torch.randperm(self.n, generator=s.gen).to(s.device)
             p.batch = 0
-        check_every = 1 if s.device.type == "cpu" else t.log_every  # host syncs free on CPU
         bar = tqdm(total=self.steps_per_epoch, initial=p.batch, disable=None, leave=False,
                    desc=f"epoch {p.epoch + 1}/{t.epochs}", dynamic_ncols=True)
+        lines = ProgressLines(f"epoch {p.epoch + 1}/{t.epochs}", self.steps_per_epoch, "steps",
+                              t.progress_seconds, p.batch, self.progress_note)
         started = time.perf_counter()
         for b in range(p.batch, self.steps_per_epoch):
-            x = s.data.batch(p.perm[b * self.bs: (b + 1) * self.bs], s.gen)
-            terms = self.terms_of(s.vae, x, self.cfg.beta, (p.step + 1) % t.log_every == 0)
-            loss = terms["loss"].mean()
-            if (p.step + 1) % check_every == 0 and not torch.isfinite(loss):
-                raise NonFiniteError(self.nonfinite_message(terms, p.step + 1))
-            s.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            s.opt.step()
-            p.step, p.batch = p.step + 1, b + 1
-            s.meter.add(terms)
+            terms = self.step(b)
             bar.update()
+            lines.update(b + 1)
             if p.step % t.log_every == 0:
                 self.log_train(terms, bar)
             if self.stop.requested:
@@ -135,15 +142,35 @@ class Trainer:
         bar.close()
         return seconds
 
+    def step(self, b: int) -> dict[str, torch.Tensor]:
+        """One optimiser step on batch `b` of the epoch's order; its per-image terms are added
+        to the meter on the device (no host-device sync)."""
+        s, p, t = self.s, self.p, self.cfg.trainer
+        self.noise.manual_seed(step_seed(s.seed, p.step))
+        x = s.data.batch(p.perm[b * self.bs: (b + 1) * self.bs], self.noise)
+        terms = self.terms_of(s.vae, x, self.cfg.beta, (p.step + 1) % t.log_every == 0)
+        s.opt.zero_grad(set_to_none=True)
+        terms["loss"].mean().backward()
+        s.opt.step()
+        p.step, p.batch = p.step + 1, b + 1
+        s.meter.add(terms)
+        return terms
+
+    def progress_note(self, steps_per_second: float) -> str:
+        """Images/s, and the loss of the last train/* point (read then: no sync here)."""
+        loss = f", loss {self.last_loss:.4g}" if self.last_loss is not None else ""
+        return f" ({steps_per_second * self.bs:.0f} images/s{loss})"
+
     def log_train(self, terms: dict[str, torch.Tensor], bar: tqdm) -> None:
         """Write the means since the last point as train/* (one meter across epochs, saved in
         the checkpoint: a resumed run writes the same points), then start a new window."""
         means = self.s.meter.means()
         if not math.isfinite(means["loss"]):
             raise NonFiniteError(self.nonfinite_message(terms, self.p.step))
-        if "bce" in means:  # measured on the window's logging step only (it costs 13% a step)
+        if "bce" in means:  # measured on the window's logging step only
             means["bce_last_batch"] = means.pop("bce")
         self.runlog.scalars("train", means, self.p.step)
+        self.last_loss = means["loss"]
         bar.set_postfix(loss=f"{means['loss']:.2f}")
         self.s.meter = Meter()
 

@@ -1,0 +1,64 @@
+"""What a command sets process-wide in torch for a run, handed back as it found it afterwards.
+
+- The device: `trainer.device` (auto: CUDA where present), refused where absent.
+- torch's CPU threads: `trainer.threads` (else SLURM_CPUS_PER_TASK, else torch's default).
+- Subnormal floats (below 1.2e-38) flushed to zero in every CPU thread, on the CPU only: Adam's
+  first moment of a weight whose gradient stays 0 shrinks by β1 a step into subnormals, on which
+  a CPU multiply is many times slower. It is set before torch starts its thread pool, whose
+  threads inherit it; torch has no getter for it, so it stays set.
+- `trainer.deterministic`: torch.use_deterministic_algorithms, with the cuBLAS workspace setting
+  it needs made before the run's first CUDA work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from vaerun import slurm
+from vaerun.errors import ConfigError
+
+CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "CUDA is not available here; use "
+                          "trainer.device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", name, "MPS is not available here; use cpu or auto")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def applied(device: torch.device, threads: int | None, deterministic: bool = False
+            ) -> Iterator[None]:
+    """The settings of the module docstring for the block; threads, determinism and the
+    environment are as they were afterwards."""
+    old_threads = torch.get_num_threads()
+    old_det = (torch.are_deterministic_algorithms_enabled(),
+               torch.is_deterministic_algorithms_warn_only_enabled())
+    old_env = os.environ.get(CUBLAS)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    threads = threads or slurm.cpus_per_task()
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault(CUBLAS, ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        if deterministic:  # (the call imports torch._inductor: only where it changed anything)
+            torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
+        if old_env is None:
+            os.environ.pop(CUBLAS, None)
+        else:
+            os.environ[CUBLAS] = old_env
