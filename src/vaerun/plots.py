@@ -7,6 +7,7 @@ import io
 import math
 import statistics
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 
+from vaerun.atomic import read_json  # noqa: E402
 from vaerun.sweeps import Group, number, swept_numeric_key  # noqa: E402
 
 SWEEP_METRICS = ["test/elbo", "test/kl", "test/active_units", "test/mse", "test/sigma_optimal",
@@ -172,60 +174,58 @@ def bits_per_dim(groups: list[Group]) -> bytes:
     return png(fig)
 
 
-def _load(g: Group, n_test: int | None = None):
-    """The model of the group's first run that has a checkpoint, rebuilt on the CPU, or a line
-    saying why there is none."""
-    from vaerun import checkpoint
-    from vaerun.assemble import load_run  # torch and the parts, only where pictures are drawn
-    from vaerun.errors import UserError
+def _first_file(g: Group, name: str) -> Path | None:
+    """`name` in the group's first run that has it (a run's own file: the report builds no
+    model)."""
+    return next((r.path / name for r in g.runs if (r.path / name).is_file()), None)
 
-    run = next((r for r in g.runs if checkpoint.checkpoint_path(r.path).exists()), None)
-    if run is None:
-        return "no checkpoint"
+
+def _picture(path: Path | None):
+    from PIL import Image
+
+    if path is None:
+        return None
     try:
-        return load_run(run.path, device="cpu", n_test=n_test)
-    except UserError as e:
-        return str(e)
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError:
+        return None
 
 
 def samples(groups: list[Group]) -> bytes:
-    """Per group (its first run with a checkpoint): 8 prior samples | 8 test images above
-    their reconstructions."""
-    import torch
+    """Per group (its first run that has them): the run's own images/samples.png beside its
+    images/reconstructions.png, as its evaluation drew them."""
+    from PIL import Image
 
-    from vaerun.pictures import reconstructions
-    from vaerun.pictures import samples as prior_samples
-
-    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 1.5 * len(groups) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 1.9 * len(groups) + 0.5), squeeze=False)
     for row, (ax, g) in enumerate(zip(axes[:, 0], groups, strict=True)):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(g.label, fontsize=7, rotation=0, ha="right", va="center")
-        loaded = _load(g, n_test=8)  # any run's model, on the CPU
-        if isinstance(loaded, str):
-            ax.text(0.01, 0.5, loaded, fontsize=7, va="center", transform=ax.transAxes)
+        pics = [_picture(_first_file(g, f"images/{n}.png")) for n in ("samples", "reconstructions")]
+        pics = [p for p in pics if p is not None]
+        if not pics:
+            ax.text(0.01, 0.5, "no images/ in its runs", fontsize=7, va="center",
+                    transform=ax.transAxes)
             continue
-        _, data, vae, _ = loaded
-        s = prior_samples(vae, 16)  # two rows of the 8-wide grid
-        rec = reconstructions(vae, data.test[:8])  # test images above reconstructions
-        h = max(s.shape[1], rec.shape[1])
-        parts = [torch.cat([t, torch.ones(3, h - t.shape[1], t.shape[2])], 1)
-                 for t in (s, torch.ones(3, h, 16), rec)]
-        ax.imshow(torch.cat(parts, 2).permute(1, 2, 0).numpy())
+        h = max(p.height for p in pics)
+        sheet = Image.new("RGB", (sum(p.width for p in pics) + 16 * (len(pics) - 1), h), "white")
+        x = 0
+        for p in pics:
+            sheet.paste(p, (x, 0))
+            x += p.width + 16
+        ax.imshow(sheet)
         if row == 0:
-            ax.set_title("left: samples of z ~ p(z), decoder means;   right: test images (top) "
-                         "and their reconstructions (bottom)", fontsize=8)
+            ax.set_title("left: decoder means of z ~ p(z) (images/samples.png);   right: test "
+                         "images above their reconstructions (images/reconstructions.png)",
+                         fontsize=8)
     return png(fig)
 
 
 def kl_per_dim(groups: list[Group]) -> bytes:
     """For runs with a pPCA reference: each latent dimension's KL (sorted), measured on the
-    test set, against pPCA's ½·log(λ_i/σ²) for λ_i > σ²."""
-    import torch
-
-    from vaerun import ppca
-    from vaerun.evaluate import posterior_stats
-
+    test set, against pPCA's ½·log(λ_i/σ²) for λ_i > σ², both read from the run's
+    kl_per_dim.json."""
     shown = [g for g in groups if g.values("test/ppca_kl")]
     cols = min(5, len(shown))
     rows = math.ceil(len(shown) / cols)
@@ -233,20 +233,20 @@ def kl_per_dim(groups: list[Group]) -> bytes:
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, g in zip(axes.flat, shown, strict=False):
-        loaded = _load(g)
-        if isinstance(loaded, str):
-            ax.text(0.02, 0.5, loaded, fontsize=6, va="center", transform=ax.transAxes, wrap=True)
+        path = _first_file(g, "kl_per_dim.json")
+        try:
+            kl = read_json(path) if path else None
+        except (OSError, ValueError):
+            kl = None
+        if not isinstance(kl, dict) or not kl.get("measured"):
+            ax.text(0.02, 0.5, "no kl_per_dim.json in its runs", fontsize=6, va="center",
+                    transform=ax.transAxes, wrap=True)
             continue
-        cfg, data, vae, state = loaded
-        _, kl = posterior_stats(vae, data.test, 1000)
-        spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", data.batch(
-            torch.arange(len(data.train)), data.generator(0)))
-        sigma = g.first("test/ppca_sigma")
-        lam = spec.eigenvalues[: len(kl)]
-        ax.bar(range(len(kl)), kl.sort(descending=True).values.numpy(), color="C0",
-               label="measured")
-        ax.plot(range(len(kl)), (0.5 * torch.log(lam / sigma**2)).clamp_min(0).numpy(), "k--",
-                lw=1, label="pPCA: ½ log(λ/σ²)")
+        measured = sorted(kl["measured"], reverse=True)
+        dims = range(len(measured))
+        ax.bar(dims, measured, color="C0", label="measured")
+        if kl.get("ppca"):
+            ax.plot(range(len(kl["ppca"])), kl["ppca"], "k--", lw=1, label="pPCA: ½ log(λ/σ²)")
         ax.set_title("\n".join(textwrap.wrap(g.label, 40)), fontsize=6)
         ax.tick_params(labelsize=6)
     if axes.flat[0].get_legend_handles_labels()[0]:

@@ -1,7 +1,8 @@
 """`vaerun report sweep_dir=PATH`: the answer to a sweep as a table and a few plots.
 
-Reads every run under PATH (its metrics.json, its .hydra/overrides.yaml, its TensorBoard events
-and checkpoint), groups the runs that differ only in `trainer.seed`, and writes into PATH:
+Reads every run under PATH (its metrics.json, .hydra/overrides.yaml, TensorBoard events,
+kl_per_dim.json and images/: files its evaluation wrote; it builds no model), groups the runs
+that differ only in `trainer.seed`, and writes into PATH:
 report.csv and report.md (mean ± std over seeds of every test metric, n), and the figures of
 vaerun.plots: rate_distortion.png, sweep.png, curves.png, samples.png, and where the runs have
 them bits_per_dim.png and kl_per_dim.png. Every file is made in memory first, so a run that
@@ -98,7 +99,7 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
 
 
 def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
-    from vaerun import plots  # matplotlib and torch: loaded only once there is a report to draw
+    from vaerun import plots  # matplotlib: loaded only once there is a report to draw
 
     out = {"rate_distortion.png": plots.rate_distortion(groups),
            "sweep.png": plots.sweep(groups, keys),
