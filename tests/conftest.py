@@ -48,3 +48,51 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+class Lines:
+    """A process's output (one stream) read in a thread, so a test can wait for an event in it
+    (a log line, a progress line) instead of sleeping; `wait` fails saying what it waited for."""
+
+    def __init__(self, stream):
+        import queue
+        import threading
+
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait(self, pattern: str, timeout: float = 180) -> str:
+        """The first line from now on that matches the regex `pattern`."""
+        import queue
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if line is None or not line and time.monotonic() >= deadline:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s "
+                                     f"(the process {'ended' if line is None else 'ran on'}); "
+                                     f"its last lines: {''.join(self.seen[-5:])}")
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def rest(self) -> str:
+        """Everything else the process writes, once it has ended."""
+        self._thread.join(timeout=60)
+        while not self._queue.empty():
+            line = self._queue.get()
+            if line is not None:
+                self.seen.append(line)
+        return "".join(self.seen)

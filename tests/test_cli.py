@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 from conftest import SMALL, run_process, scalars
@@ -166,17 +165,3 @@ def test_short_runs_have_training_curves_and_every_step_is_counted(vaerun, tmp_p
     events = scalars(run)
     assert [s for s, _ in events["train/loss"]] == [40, 50, 80]
     assert [s for s, _ in events["train/bce_last_batch"]] == [50]  # its window's last batch
-
-
-def test_a_single_run_reads_its_data_ahead_and_a_sweep_does_not(tmp_path):
-    """While the checks of a single run import torch._dynamo (1 s), its data files are read
-    in a thread; a sweep's jobs may run elsewhere, so nothing is read for them."""
-    from vaerun import data, jobs
-
-    data._AHEAD.clear()
-    jobs.validate(jobs.parse([f"hydra.run.dir={tmp_path / 'one'}"]))
-    assert sorted(Path(k[0]).name for k in data._AHEAD) == ["t10k-images-idx3-ubyte.gz",
-                                                          "train-images-idx3-ubyte.gz"]
-    data._AHEAD.clear()
-    jobs.validate(jobs.parse(["-m", "trainer.epochs=1,2", f"hydra.sweep.dir={tmp_path}"]))
-    assert not data._AHEAD

@@ -4,15 +4,15 @@ Behaviour about processes is tested with real processes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, run_process, scalars
+from conftest import SMALL, Lines, run_process, scalars
 
 # Long enough epochs (313 steps) that a SIGTERM lands mid-epoch; small test set and k.
 KILL = ["dataset.n_train=20000", "dataset.n_test=500", "trainer.batch_size=64",
@@ -29,20 +29,16 @@ def without_time(m: dict) -> dict:
 
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     run, full = tmp_path / "killed", tmp_path / "full"
-    cmd = [sys.executable, "-m", "vaerun", "train", *KILL, f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if metrics(run).get("epoch") == 1:
-                break
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.02)
-    time.sleep(0.4)  # into epoch 2
+    cmd = [sys.executable, "-m", "vaerun", "train", *KILL, "trainer.progress_seconds=0",
+           f"hydra.run.dir={run}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                                  "PYTHONUNBUFFERED": "1"})
+    out = Lines(proc.stdout)
+    out.wait(r"epoch 2/3: 10/313 steps")  # into epoch 2, by its own progress line
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    out.rest()
     assert proc.returncode == 128 + signal.SIGTERM, err
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["status"] == "interrupted" and state["epoch"] == 1 and state["batch"] > 0

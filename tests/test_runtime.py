@@ -46,3 +46,26 @@ def test_the_check_sees_a_thread_that_does_not_flush(tmp_path):
     kept, _ = check("torch.set_num_threads(2); torch.ones(1 << 22).mul_(2); "
                     "torch.set_flush_denormal(True)", tmp_path)
     assert 0 < kept < 1 << 22
+
+
+def test_an_in_process_command_hands_back_handlers_and_settings(vaerun, tmp_path):
+    """cli.main(["train", ...]) in a caller's process (a notebook, pytest): its SIGINT, SIGTERM
+    and SIGUSR2 handlers, torch's thread count and determinism are as the caller had them."""
+    import signal
+
+    import torch
+
+    mine = lambda signum, frame: None  # noqa: E731
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    old = {s: signal.signal(s, mine) for s in sigs}
+    threads = torch.get_num_threads()
+    try:
+        assert vaerun("train", *SMALL, "trainer.epochs=1", "trainer.threads=1",
+                      "trainer.deterministic=true", "hydra.run.dir=run") == 0
+        assert vaerun("eval", "run_dir=run", "eval.iwae_k=2", "trainer.threads=1") == 0
+        assert all(signal.getsignal(s) is mine for s in sigs)
+        assert torch.get_num_threads() == threads
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

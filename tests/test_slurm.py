@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,13 +74,14 @@ def slurm_jobs() -> dict[str, str]:
     return dict(line.split() for line in out.splitlines() if line.strip())
 
 
-def wait_training(log: Path, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if log.exists() and "training " in log.read_text():
+def wait_training(log: Path, pattern: str = "training ", timeout: float = 600) -> None:
+    """Until the job's log has a line matching `pattern` (default: training has started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and re.search(pattern, log.read_text()):
             return
         time.sleep(0.2)
-    raise AssertionError(f"{log} never started training")
+    raise AssertionError(f"{log} never had a line matching {pattern!r} within {timeout} s")
 
 
 def job_dir(tmp_path: Path, num: int) -> Path:
@@ -102,14 +104,13 @@ def test_requeued_and_preempted_jobs_resume_to_the_same_metrics(cluster, tmp_pat
     """Job 0 is requeued mid-epoch with `scontrol requeue`; job 1 is preempted by a `high` job
     (grace 30 s). Each asks for both CPUs, so they run one at a time."""
     args = ["likelihood.sigma=0.1,0.3", "dataset.n_train=60000", "trainer.epochs=3",
-            "hydra.launcher.cpus_per_task=2"]
+            "hydra.launcher.cpus_per_task=2", "trainer.progress_seconds=0.2"]
     proc = sweep(tmp_path, *args)
-    wait_training(tmp_path / "sweep" / "0_likelihood.sigma=0.1" / "train.log")
-    time.sleep(2)
+    mid_epoch = r"epoch 1/3: \d\d+/469 steps"  # its own progress line: mid-epoch
+    wait_training(tmp_path / "sweep" / "0_likelihood.sigma=0.1" / "train.log", mid_epoch)
     (first,) = [j for j, s in slurm_jobs().items() if j.endswith("_0") and s == "RUNNING"]
     subprocess.run(["scontrol", "requeue", first], check=True)
-    wait_training(tmp_path / "sweep" / "1_likelihood.sigma=0.3" / "train.log")
-    time.sleep(2)
+    wait_training(tmp_path / "sweep" / "1_likelihood.sigma=0.3" / "train.log", mid_epoch)
     subprocess.run(["sbatch", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 5"],
                    check=True, capture_output=True, cwd=tmp_path)
     _, err = proc.communicate(timeout=1800)

@@ -11,8 +11,6 @@ statuses. Its imports of vaerun's stages (and so of torch) sit inside the functi
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import sys
@@ -72,24 +70,36 @@ def _quiet_thread_write_errors(args: threading.ExceptHookArgs) -> None:
         threading.__excepthook__(args)
 
 
-def _train_task(cfg) -> int:
-    """One job: train it, and turn what ends it into an exit status. In the `vaerun train`
-    process (the basic launcher) the status is recorded for the command's own, and an
-    interruption stops the whole sweep; in a worker (joblib) it is returned to the launcher;
-    in a submitit job a failure ends the process with it."""
-    from hydra.core.hydra_config import HydraConfig
+class TrainTask:
+    """Hydra's task function for `vaerun train`: one job, its exit status recorded in `codes`
+    (by this process's launcher, or by vaerun's launchers for jobs run elsewhere), so the
+    command exits with the worst. In the `vaerun train` process (the basic launcher) a stop
+    signal also ends the sweep; in a submitit job a failure ends the process with its status."""
 
-    from vaerun import jobs
+    def __init__(self, stop):
+        self.codes: list[int] = []
+        self.stop = stop  # the command's stop requests, for jobs run in this process
+        self.pid = os.getpid()
+        self.__name__ = self.__qualname__ = "train"
+        self.__module__ = __name__
 
-    code = _run_job(cfg, Path(HydraConfig.get().runtime.output_dir))
-    if os.getpid() == jobs.MAIN_PID:
-        jobs.EXIT_CODES.append(code)
-        if code > 128:  # a stop signal: no further job
-            raise SystemExit(code)
-    elif code and os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own process
-        _hand_back_to_scheduler(code)
-        raise SystemExit(code)  # SLURM and submitit record a failure only if the process fails
-    return code
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "stop": None, "codes": []}  # a worker installs its own
+
+    def __call__(self, cfg) -> int:
+        from hydra.core.hydra_config import HydraConfig
+
+        here = os.getpid() == self.pid
+        code = _run_job(cfg, Path(HydraConfig.get().runtime.output_dir),
+                        self.stop if here else None)
+        if here:
+            self.codes.append(code)
+            if code > 128:  # a stop signal: no further job
+                raise SystemExit(code)
+        elif code and os.environ.get("SUBMITIT_EXECUTOR"):  # a job of its own process
+            _hand_back_to_scheduler(code)
+            raise SystemExit(code)  # SLURM and submitit record a failure only if the process fails
+        return code
 
 
 def _hand_back_to_scheduler(code: int) -> None:
@@ -106,14 +116,14 @@ def _hand_back_to_scheduler(code: int) -> None:
         slurm.requeue_if_preempted()
 
 
-def _run_job(cfg, run_dir: Path) -> int:
-    from vaerun.assemble import typed
+def _run_job(cfg, run_dir: Path, stop) -> int:
+    from vaerun.assemble import checked
     from vaerun.errors import Interrupted, NonFiniteError, Refused, UserError
     from vaerun.jobs import hydra_files
     from vaerun.train import train
 
     try:
-        train(typed(cfg), run_dir, record=hydra_files(cfg))
+        train(checked(cfg), run_dir, record=hydra_files(cfg), stop=stop)
         return 0
     except (UserError, NonFiniteError) as e:
         if not isinstance(e, Refused):  # a refused directory gets no line in its log
@@ -129,68 +139,38 @@ def _run_job(cfg, run_dir: Path) -> int:
         return e.exit_code
 
 
-OWN_PROCESS = False  # set by run(): this process is the `vaerun` command's own
+def train_main(args: list[str], stop) -> int:
+    import hydra
 
-
-@contextlib.contextmanager
-def collector_paused():
-    """Python's cycle collector off for the block: start-up's imports (torch, torch._dynamo,
-    Hydra, TensorBoard) make ~550,000 long-lived objects and next to no garbage, and the
-    collector's six full passes over them took 0.4 s of a 4 s start-up here. In the `vaerun`
-    command's own process what the block made is then frozen out of the collector
-    (`gc.freeze`): re-enabled over them, its next passes took 0.3 s of a `trainer.epochs=0`
-    run; in-process callers of `main` (the tests) keep their collector as it was."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if OWN_PROCESS:
-            gc.freeze()
-        if was_enabled:
-            gc.enable()
-
-
-def train_main(args: list[str]) -> int:
-    with collector_paused():
-        import hydra
-
-        import vaerun.train  # noqa: F401 (torch and TensorBoard, loaded while the collector rests)
-        from vaerun import jobs
-        from vaerun.errors import UserError
-        from vaerun.jobs import (
-            CONFIG_NAME,
-            is_multirun,
-            name_by_swept_keys,
-            parse,
-            single_run_dir,
-            validate,
-        )
+    from vaerun.errors import UserError
+    from vaerun.jobs import (
+        CONFIG_NAME,
+        hydra_argv,
+        is_multirun,
+        name_by_swept_keys,
+        parse,
+        single_run_dir,
+        validate,
+    )
 
     try:
         ns = parse(args)
-    except SystemExit:  # a bad flag: Hydra's own usage message follows
-        ns = None
-    try:
-        if ns is not None:
-            with collector_paused():  # builds an optimizer: torch.optim imports torch._dynamo
-                composed = validate(ns)  # every job, whatever the flags, before the first runs
-            run_dir = single_run_dir(ns, composed)
-            args = [*args, run_dir] if run_dir else args
-            args = name_by_swept_keys(args) if is_multirun(ns) else args
+        composed = validate(ns)  # every job, whatever the flags, before the first runs
+        run_dir = single_run_dir(ns, composed)
+        overrides = [*ns.overrides, run_dir] if run_dir else list(ns.overrides)
+        overrides = name_by_swept_keys(overrides) if is_multirun(ns) else overrides
     except UserError as e:
         return error(str(e))
+    task = TrainTask(stop)
     app = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME,
-                     version_base="1.3")(_train_task)
-    jobs.EXIT_CODES.clear()
-    jobs.MAIN_PID = os.getpid()
+                     version_base="1.3")(task)
     saved = sys.argv
-    sys.argv = ["vaerun train", *args]
+    sys.argv = ["vaerun train", *hydra_argv(ns, overrides)]
     try:
         app()
     finally:
         sys.argv = saved
-    return max(jobs.EXIT_CODES, default=0)
+    return max(task.codes, default=0)
 
 
 def key_values(args: list[str], usage: str) -> dict[str, str]:
@@ -206,7 +186,7 @@ def key_values(args: list[str], usage: str) -> dict[str, str]:
 EVAL_USAGE = "vaerun eval run_dir=PATH [eval.iwae_k=K] [trainer.device=cpu]"
 
 
-def eval_main(args: list[str]) -> int:
+def eval_main(args: list[str], stop) -> int:
     """`vaerun eval run_dir=PATH [eval.iwae_k=K] [eval.batch_size=N] [trainer.device=...]`."""
     from vaerun.errors import Interrupted, UserError
 
@@ -220,7 +200,7 @@ def eval_main(args: list[str]) -> int:
         if not run_dir.is_dir():
             raise UserError(f"run_dir={run_dir} is not a directory; give a run directory "
                             "made by vaerun train")
-        metrics = _evaluate(run_dir, pairs)
+        metrics = _evaluate(run_dir, pairs, stop)
     except UserError as e:
         return error(str(e))
     except OSError as e:
@@ -234,24 +214,26 @@ def eval_main(args: list[str]) -> int:
     return 0
 
 
-def _evaluate(run_dir: Path, overrides: dict[str, str]) -> dict[str, float]:
+def _evaluate(run_dir: Path, overrides: dict[str, str], stop) -> dict[str, float]:
     """Evaluate a saved run into its own records, holding its lock (no train or eval of the
     same run meanwhile); a stop signal ends it before anything is written."""
-    with collector_paused():
-        from vaerun.assemble import load_run
-        from vaerun.evaluate import evaluate_run
-        from vaerun.logs import RunLog
-        from vaerun.rundir import RunLock
-        from vaerun.signals import STOP
+    from vaerun import runtime
+    from vaerun.assemble import load_config, load_run
+    from vaerun.evaluate import evaluate_run
+    from vaerun.logs import RunLog
+    from vaerun.rundir import RunLock
 
-    with STOP.active(), RunLock(run_dir, "eval") as lock:
-        cfg, data, vae, state = load_run(run_dir, overrides)
-        runlog = RunLog(run_dir)
-        lock.claim()
-        try:
-            return evaluate_run(vae, data, cfg, runlog, state["step"], poll=STOP.check)
-        finally:
-            runlog.close()
+    with RunLock(run_dir, "eval") as lock:
+        cfg, state = load_config(run_dir, overrides)
+        device = runtime.resolve_device(cfg.trainer.device)
+        with runtime.applied(device, cfg.trainer.threads):
+            data, vae = load_run(run_dir, cfg, state)
+            runlog = RunLog(run_dir)
+            lock.claim()
+            try:
+                return evaluate_run(vae, data, cfg, runlog, state["step"], poll=stop.check)
+            finally:
+                runlog.close()
 
 
 REPORT_USAGE = "vaerun report sweep_dir=PATH"
@@ -281,14 +263,8 @@ def report_main(args: list[str]) -> int:
 
 
 def run() -> None:
-    """The `vaerun` command: `main()`, then exit with its status. Everything is written and
-    closed by then; what is still alive is frozen out of the cycle collector, whose passes over
-    torch's objects at interpreter shutdown took 0.45 s here (exit handlers still run)."""
-    global OWN_PROCESS
-    OWN_PROCESS = True
-    code = main()
-    gc.freeze()
-    raise SystemExit(code)
+    """The `vaerun` command: `main()`, then exit with its status."""
+    raise SystemExit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,12 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in ("train", "eval"):
-        from vaerun.signals import STOP  # first thing: a signal from now on is a stop request
+        from vaerun.signals import StopRequests
 
-        STOP.install()
-        threading.excepthook = _quiet_thread_write_errors
-        code = train_main(rest) if command == "train" else eval_main(rest)
-        return 128 + STOP.signum if STOP.requested else code
+        # first thing: a signal from now on is a stop request, until the command returns
+        saves = "checkpoint" if command == "train" else ""
+        with StopRequests(saves=saves) as stop:
+            hook, threading.excepthook = threading.excepthook, _quiet_thread_write_errors
+            try:
+                code = train_main(rest, stop) if command == "train" else eval_main(rest, stop)
+            finally:
+                threading.excepthook = hook
+            return 128 + stop.signum if stop.requested else code
     if command == "report":
         return report_main(rest)
     return error(f"unknown command {command!r}; choose train, eval or report (vaerun --help)")

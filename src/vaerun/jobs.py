@@ -11,6 +11,8 @@ from a yaml file.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -23,23 +25,74 @@ from omegaconf import DictConfig, OmegaConf
 from vaerun.config import did_you_mean
 from vaerun.errors import ConfigError, UserError
 
-EXIT_CODES: list[int] = []  # each job's exit status, as the launcher of this process saw it
-MAIN_PID: int | None = None  # the `vaerun train` process (jobs may run in others)
 CONFIG_MODULE = "vaerun.conf"
 CONFIG_NAME = "train"
 EXCLUDE_KEY = "hydra.job.config.override_dirname.exclude_keys"
+# Hydra's flags that vaerun passes through, each (names, value: "flag" | "value" | "optional",
+# choices); every other flag of Hydra's (--experimental-rerun unpickles a file,
+# --shell-completion installs a hook) is refused. They are named here and nowhere else.
+HYDRA_FLAGS = [
+    (("--help", "-h"), "flag", None),
+    (("--hydra-help",), "flag", None),
+    (("--cfg", "-c"), "value", ("job", "hydra", "all")),
+    (("--resolve",), "flag", None),
+    (("--package", "-p"), "value", None),
+    (("--run", "-r"), "flag", None),
+    (("--multirun", "-m"), "flag", None),
+    (("--config-path", "-cp"), "value", None),
+    (("--config-name", "-cn"), "value", None),
+    (("--config-dir", "-cd"), "value", None),
+    (("--info", "-i"), "optional",
+     ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")),
+]
 # Hydra's flags that ask it to show something instead of running jobs
-SHOW_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "experimental_rerun")
+SHOW_FLAGS = ("help", "hydra_help", "cfg", "info")
 # the `_target_`s a config may hold: torch.optim (checked by vaerun.assemble) and Hydra's own
 # launcher and sweeper (Hydra instantiates only its plugins there)
 TARGETS = ("optimizer._target_", "hydra.launcher._target_", "hydra.sweeper._target_")
 
 
-def parse(args: list[str]) -> argparse.Namespace:
-    """The command line as Hydra itself reads it (flags, overrides, -m)."""
-    from hydra._internal.utils import get_args_parser
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print its usage and exit
+        raise UserError(f"{message}; vaerun train takes key=value overrides and Hydra's flags "
+                        f"{', '.join(names[0] for names, _, _ in HYDRA_FLAGS)}")
 
-    return get_args_parser().parse_args(args)
+
+def parse(args: list[str]) -> argparse.Namespace:
+    """The command line of `vaerun train`: overrides anywhere among the flags that HYDRA_FLAGS
+    lets through; any other flag is a UserError."""
+    p = _Parser(prog="vaerun train", add_help=False, allow_abbrev=False)
+    for names, kind, choices in HYDRA_FLAGS:
+        dest = names[0].lstrip("-").replace("-", "_")
+        if kind == "flag":
+            p.add_argument(*names, dest=dest, action="store_true")
+        else:
+            p.add_argument(*names, dest=dest, choices=choices,
+                           nargs="?" if kind == "optional" else None,
+                           const="all" if kind == "optional" else None)
+    p.add_argument("overrides", nargs="*")
+    for a in args:
+        if a.startswith("-") and not _known_flag(a):
+            raise UserError(f"{a.split('=')[0]} is not a flag vaerun passes to Hydra (only "
+                            f"{', '.join(n[0] for n, _, _ in HYDRA_FLAGS)}); remove it")
+    return p.parse_intermixed_args(args)
+
+
+def _known_flag(arg: str) -> bool:
+    name = arg.split("=", 1)[0]
+    return any(name in names for names, _, _ in HYDRA_FLAGS)
+
+
+def hydra_argv(ns: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """The command line handed to Hydra: the parsed flags first, then the overrides."""
+    out: list[str] = []
+    for names, kind, _ in HYDRA_FLAGS:
+        value = getattr(ns, names[0].lstrip("-").replace("-", "_"))
+        if kind == "flag" and value:
+            out.append(names[0])
+        elif kind != "flag" and value is not None:
+            out += [names[0], value]
+    return [*out, *overrides]
 
 
 def runs_jobs(ns: argparse.Namespace) -> bool:
@@ -51,71 +104,95 @@ def is_multirun(ns: argparse.Namespace) -> bool:
 
 
 def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of each job the command would run (one for a single run)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The override list of each job the command would run (one for a single run): Hydra's
+    basic sweeper's cartesian product of the discrete sweeps, in its order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     if not multirun:
         return [overrides]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _hydra(ns: argparse.Namespace) -> Any:
-    """A Hydra with the search path `vaerun train` gets (as hydra.main builds it)."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-
-    search_path = create_automatic_config_search_path(
-        None, "vaerun.cli", ns.config_path or f"pkg://{CONFIG_MODULE}")
-    if ns.config_dir is not None:
-        path = os.path.abspath(ns.config_dir)
-        if not os.path.isdir(path):
-            raise UserError(f"--config-dir {path} is not a directory")
-        search_path.prepend(provider="command-line", path=f"file://{path}",
-                            anchor=SearchPathQuery(provider="schema"))
-    GlobalHydra.instance().clear()
-    return Hydra.create_main_hydra2(task_name=CONFIG_NAME, config_search_path=search_path)
-
-
-def composed_jobs(ns: argparse.Namespace) -> Iterator[DictConfig]:
-    """Each job's config, with its `hydra` node, composed as Hydra will compose it."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    hydra = _hydra(ns)
     try:
-        for job in job_overrides(list(ns.overrides), is_multirun(ns)):
-            yield _compose(hydra, ns.config_name or CONFIG_NAME, job, RunMode)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(explain(e)) from None
+    lists = []
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            lists.append([f"{key}={o.get_value_element_as_str()}"])
+        elif o.is_discrete_sweep():
+            lists.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            raise UserError(f"{o.input_line}: a range or interval sweep needs a sweeper plugin; "
+                            "list the values instead, e.g. key=1,2,3")
+    return [list(job) for job in itertools.product(*lists)]
+
+
+@contextlib.contextmanager
+def _composer(ns: argparse.Namespace) -> Iterator[None]:
+    """Hydra's compose API with the config search path `vaerun train` gets."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = ns.config_path or f"pkg://{CONFIG_MODULE}"
+    GlobalHydra.instance().clear()
+    if path.startswith("pkg://"):
+        init = initialize_config_module(path[len("pkg://"):], version_base="1.3",
+                                        job_name=CONFIG_NAME)
+    else:
+        init = initialize_config_dir(os.path.abspath(path), version_base="1.3",
+                                     job_name=CONFIG_NAME)
+    try:
+        with init:
+            yield
     finally:
         GlobalHydra.instance().clear()
 
 
-def _compose(hydra: Any, name: str, job: list[str], modes: Any) -> DictConfig:
+def with_config_dir(ns: argparse.Namespace, job: list[str]) -> list[str]:
+    """--config-dir DIR as Hydra applies it: DIR searched first for configs."""
+    if ns.config_dir is None:
+        return job
+    path = os.path.abspath(ns.config_dir)
+    if not os.path.isdir(path):
+        raise UserError(f"--config-dir {path} is not a directory")
+    return [*job, f"hydra.searchpath=[file://{path}]"] if not any(
+        o.startswith("hydra.searchpath=") for o in job) else [
+        o.replace("hydra.searchpath=[", f"hydra.searchpath=[file://{path},", 1)
+        if o.startswith("hydra.searchpath=") else o for o in job]
+
+
+def composed_jobs(ns: argparse.Namespace) -> Iterator[DictConfig]:
+    """Each job's config, with its `hydra` node, composed as Hydra will compose it."""
+    jobs = job_overrides(list(ns.overrides), is_multirun(ns))
+    with _composer(ns):
+        for job in jobs:
+            yield _compose(ns.config_name or CONFIG_NAME, with_config_dir(ns, job))
+
+
+def _compose(name: str, job: list[str]) -> DictConfig:
+    from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return hydra.compose_config(name, job, run_mode=modes.RUN)
+        return compose(name, job, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(explain(e, hydra, name, job)) from None
+        raise UserError(explain(e, name, job)) from None
 
 
 def validate(ns: argparse.Namespace) -> list[DictConfig]:
     """Compose and check every job the command line would run, and return their configs;
     raise UserError on the first bad one. A command line that only shows something (--help,
     --cfg ...) is Hydra's alone: no jobs."""
-    from vaerun.assemble import typed
+    from vaerun.assemble import checked
 
     if not runs_jobs(ns):
         return []
     jobs = []
-    single = not is_multirun(ns)  # the run starts in this process: its data are read ahead
     for cfg in composed_jobs(ns):
         refuse_instantiation(OmegaConf.to_container(cfg, resolve=False))
-        typed(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), read_ahead=single)
+        checked(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         jobs.append(cfg)
     if jobs:
         key = "hydra.sweep.dir" if is_multirun(ns) else "hydra.run.dir"
@@ -158,15 +235,14 @@ def refuse_instantiation(raw: dict) -> None:
                               "of Python's logging module")
 
 
-def explain(e: BaseException, hydra: Any = None, name: str = CONFIG_NAME,
-            job: list[str] | None = None) -> str:
+def explain(e: BaseException, name: str | None = None, job: list[str] | None = None) -> str:
     """Hydra's message for a bad override, made one line that names the key and the fix."""
     msg = one_line(e).split(" Config search path:")[0]
     unknown = re.search(r"Could not override '([^']+)'", msg)
     if unknown:
         key = unknown.group(1)
         group = key.split(".")[0]
-        hint = did_you_mean(key, _keys(hydra, name, job or [], key)) if hydra else ""
+        hint = did_you_mean(key, _keys(name, job or [], key)) if name else ""
         return (f"{key} is not a key of this config{hint} (check the spelling, or pick a "
                 f"{group} option that has it, e.g. vaerun train {group}=... {key}=...; "
                 "`vaerun train --cfg job` lists the keys)")
@@ -184,13 +260,14 @@ def explain(e: BaseException, hydra: Any = None, name: str = CONFIG_NAME,
     return msg
 
 
-def _keys(hydra: Any, name: str, job: list[str], bad: str) -> list[str]:
-    """Every key of the config `job` composes to, without the override of `bad`."""
-    from hydra.types import RunMode
+def _keys(name: str, job: list[str], bad: str) -> list[str]:
+    """Every key of the config `job` composes to, without the override of `bad` (within
+    `_composer`)."""
+    from hydra import compose
 
     rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != bad]
     try:
-        cfg = hydra.compose_config(name, rest, run_mode=RunMode.RUN)
+        cfg = compose(name, rest, return_hydra_config=True)
     except Exception:  # noqa: BLE001 (a hint only)
         return []
     raw = OmegaConf.to_container(cfg, resolve=False)

@@ -1,6 +1,7 @@
 """Launchers that settle every job of a sweep: they wait for all of them, print one `error:`
-line for each job that failed with no line of its own, and record each job's exit status
-(vaerun.jobs.EXIT_CODES), of which `vaerun train -m` exits with the worst."""
+line for each job that failed with no line of its own, and record each job's exit status in
+the command's task function (`vaerun.cli.TrainTask.codes`), of which `vaerun train -m` exits
+with the worst."""
 
 from __future__ import annotations
 
@@ -14,27 +15,34 @@ from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher a
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as _Local
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _Slurm
 
-from vaerun import jobs
-
 log = logging.getLogger(__name__)
 
 
-def settle(returns: Sequence[JobReturn], first: int) -> list[JobReturn]:
-    """Each job's exit status into jobs.EXIT_CODES; a job that raised (no status of its own)
+def record(launcher, code: int) -> None:
+    """A job's exit status, into the codes of the task function the launcher runs."""
+    codes = getattr(launcher.task_function, "codes", None)
+    if codes is not None:
+        codes.append(code)
+
+
+def settle(launcher, returns: Sequence[JobReturn], first: int) -> list[JobReturn]:
+    """Each job's exit status recorded (`record`); a job that raised (no status of its own)
     gets a line and status 1. Returns them all as completed, so that Hydra's sweeper does not
     stop at the first failure with a traceback."""
     settled = []
     for i, r in enumerate(returns):
         if r.status == JobStatus.FAILED:
+            # the exception, as JobReturn's own field holds it (its property would re-raise it,
+            # after a line on stderr of its own)
             e = r._return_value
             where = r.hydra_cfg.hydra.runtime.output_dir if r.hydra_cfg is not None else "?"
             print(f"error: job {first + i} ({where}) failed: {type(e).__name__}: "
                   f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}", file=sys.stderr)
             code = 1
         else:
-            code = r._return_value if isinstance(r._return_value, int) else 0
-        jobs.EXIT_CODES.append(code)
-        r.status, r._return_value = JobStatus.COMPLETED, code
+            code = r.return_value if isinstance(r.return_value, int) else 0
+        record(launcher, code)
+        r.status, r.return_value = JobStatus.COMPLETED, code
         settled.append(r)
     return settled
 
@@ -44,7 +52,7 @@ class JoblibLauncher(_Joblib):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
-        return settle(super().launch(job_overrides, initial_job_idx), initial_job_idx)
+        return settle(self, super().launch(job_overrides, initial_job_idx), initial_job_idx)
 
 
 def _error_line(job, exc: Exception) -> str:
@@ -75,8 +83,8 @@ class _Settled:
                 print(f"error: job {initial_job_idx + i} ({' '.join(job_overrides[i])}) "
                       f"failed: {_error_line(job, e)}; its log: {job.paths.stderr}",
                       file=sys.stderr)
-                jobs.EXIT_CODES.append(1)
-        return settle(returns, initial_job_idx)
+                record(self, 1)
+        return settle(self, returns, initial_job_idx)
 
     def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
         """hydra-submitit-launcher's launch up to the submission (its code, unchanged)."""
