@@ -22,14 +22,13 @@ median (and min, max) over --epochs rounds. It also prints the model's matmul
 FLOPs per epoch over `torch.mm`'s measured throughput here: the epoch time the maths alone would
 need at that throughput. Writes the table as JSON (--json).
 
-    python scripts/bench.py [--epochs 5] [--threads N] [--batch-size 128] [--device cpu]
-                            [--compile] [--json docs/bench.json]
+    python scripts/bench.py [--epochs 5] [--threads N] [--batch-size 128] [--device cpu|cuda]
+                            [--compile] [--sweep-jobs N] [--json docs/bench.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import platform
@@ -84,12 +83,19 @@ def examples_loss(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def timed(run_epoch):
-    """An epoch() that returns its own wall-clock seconds."""
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(run_epoch, device: torch.device | str = "cpu"):
+    """An epoch() that returns its own wall-clock seconds (the device's queue drained)."""
 
     def epoch() -> float:
+        sync(device)
         t0 = time.perf_counter()
         run_epoch()
+        sync(device)
         return time.perf_counter() - t0
 
     return epoch
@@ -114,7 +120,7 @@ def bench_reference(root: Path, batch_size: int, device: torch.device):
             loss.backward()
             opt.step()
 
-    return timed(epoch)
+    return timed(epoch, device)
 
 
 def bench_bare(x: torch.Tensor, batch_size: int, compile_: bool, fused: bool = False):
@@ -134,7 +140,7 @@ def bench_bare(x: torch.Tensor, batch_size: int, compile_: bool, fused: bool = F
         for idx in torch.randperm(len(x), device=x.device).split(batch_size):
             step_fn(x[idx])
 
-    return timed(epoch)
+    return timed(epoch, x.device)
 
 
 def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, compile_: bool,
@@ -196,7 +202,7 @@ def bench_bare_child(batch_size: int, threads: int | None):
     return epoch
 
 
-def bench_process(out: Path, name: str, args: list[str], threads: int | None):
+def bench_process(out: Path, name: str, args: list[str], threads: int | None, device: str):
     """A whole `vaerun train` process, start-up to exit, as users run it: returns its wall
     seconds (its metrics.json is kept in `.metrics`)."""
     count = [0]
@@ -206,6 +212,7 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None):
         count[0] += 1
         run_dir = out / f"{name}_{count[0]}"
         extra = [f"trainer.threads={threads}"] if threads else []
+        extra.append(f"trainer.device={device}")
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "vaerun", "train", *args, *extra,
                         f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
@@ -218,41 +225,51 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None):
 
 
 def matmul_throughput(device: torch.device) -> dict[str, float]:
-    """GFLOP/s of torch.mm: on a large square product, and on this model's own shapes; and of
-    F.linear on the IWAE decoder's product, by torch's default and by oneDNN (vaerun.onednn)."""
-    from vaerun.onednn import available as onednn_available
-    from vaerun.onednn import linear_layers
+    """GFLOP/s of torch.mm on a large square product and on this model's own shapes, and of
+    F.linear on the IWAE decoder's product."""
 
     def rate(product, m, k, n, reps):
         """GFLOP/s of `product()`, an m×k by k×n matrix product, after 3 warm-up calls."""
         for _ in range(3):
             product()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
             product()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
 
     def gflops(m, k, n, reps):
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
         return rate(lambda: a @ b, m, k, n, reps)
 
-    def linear_gflops(m, k, n, reps, onednn):
+    def linear_gflops(m, k, n, reps):
         x, w, b = (torch.randn(m, k, device=device), torch.randn(n, k, device=device),
                    torch.randn(n, device=device))
-        with torch.inference_mode(), linear_layers() if onednn else contextlib.nullcontext():
+        with torch.inference_mode():
             return rate(lambda: F.linear(x, w, b), m, k, n, reps)
 
-    out = {"square_2048": gflops(2048, 2048, 2048, 10),
-           "model_shapes_128x784x400": gflops(128, 784, 400, 400),
-           # the IWAE's decoder product, as F.linear runs it, and as vaerun's evaluation does
-           "iwae_linear_2600x400x784": linear_gflops(2600, 400, 784, 40, False)}
-    if device.type == "cpu" and onednn_available():
-        out["iwae_linear_2600x400x784_onednn"] = linear_gflops(2600, 400, 784, 40, True)
-    return out
+    return {"square_2048": gflops(2048, 2048, 2048, 10),
+            "model_shapes_128x784x400": gflops(128, 784, 400, 400),
+            "iwae_linear_2600x400x784": linear_gflops(2600, 400, 784, 40)}
+
+
+def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int) -> dict[str, float]:
+    """A 4-point σ sweep as whole `vaerun train -m` commands: its jobs one at a time (Hydra's
+    basic launcher), and `n_jobs` at once on the same device (joblib); wall seconds each."""
+    args = ["-m", "likelihood=gaussian", "likelihood.sigma=0.05,0.1,0.3,1",
+            f"trainer.epochs={epochs}", f"trainer.device={device}", "eval.iwae_k=100"]
+    result = {}
+    for name, extra in (("one_at_a_time", []),
+                        (f"joblib_{n_jobs}_at_once", ["hydra/launcher=joblib",
+                                                      f"hydra.launcher.n_jobs={n_jobs}"])):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vaerun", "train", *args, *extra,
+                        f"hydra.sweep.dir={out / ('sweep_' + name)}"], check=True,
+                       capture_output=True)
+        result[name] = time.perf_counter() - t0
+        print(f"  sweep {name}: {result[name]:.1f} s", file=sys.stderr, flush=True)
+    return result
 
 
 def model_flops_per_epoch(n: int) -> float:
@@ -275,6 +292,9 @@ def main() -> int:
     p.add_argument("--skip-process", action="store_true",
                    help="leave out the whole-process runs (vaerun train trainer.epochs=5, start-up)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--sweep-jobs", type=int, default=0,
+                   help="also time a 4-point sigma sweep (2 epochs) one job at a time and with "
+                        "joblib running this many jobs at once on the device")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -333,9 +353,9 @@ def main() -> int:
             loops["c_bare_fused_adam_flush_denormal"] = bench_bare_child(a.batch_size, a.threads)
         if not a.skip_process:  # whole processes, in the same rounds
             loops["d_process_default_5_epochs"] = bench_process(
-                tmp, "default", ["trainer.epochs=5"], a.threads)
+                tmp, "default", ["trainer.epochs=5"], a.threads, a.device)
             loops["d_process_startup"] = bench_process(
-                tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0"], a.threads)
+                tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0"], a.threads, a.device)
         measure(loops)
         for epoch in loops.values():
             getattr(epoch, "close", lambda: None)()
@@ -344,6 +364,7 @@ def main() -> int:
                                                        True),
                      "c_bare_compiled": bench_bare(x, a.batch_size, True)})
         mm = matmul_throughput(device)
+        sweep = bench_sweep(tmp, a.device, 2, a.sweep_jobs) if a.sweep_jobs else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -379,6 +400,8 @@ def main() -> int:
             default_5_epochs_over_bare_5_epochs=d["seconds_per_epoch"] / five_bare,
             startup_over_bare_5_epochs=st["seconds_per_epoch"] / five_bare,
             iwae_in_epochs=iwae / epoch)
+    if sweep:
+        result["sweep_4_sigmas_2_epochs_seconds"] = sweep
     if "c_bare_fused_adam_flush_denormal" in rows:
         result["ratios"]["a_over_c_fused_adam_flush_denormal"] = (
             rows["a_vaerun"]["seconds_per_epoch"]
@@ -403,9 +426,10 @@ def main() -> int:
           f"(2048² square), {mm['model_shapes_128x784x400']:.1f} GFLOP/s (128x784x400); "
           f"matmul floor {floor:.3f} s/epoch")
     print(f"IWAE decoder product (2600x400x784) by F.linear: "
-          f"{mm['iwae_linear_2600x400x784']:.1f} GFLOP/s" +
-          (f", by oneDNN (vaerun's evaluation): {mm['iwae_linear_2600x400x784_onednn']:.1f} "
-           "GFLOP/s" if "iwae_linear_2600x400x784_onednn" in mm else ""))
+          f"{mm['iwae_linear_2600x400x784']:.1f} GFLOP/s")
+    if sweep:
+        print("4-point sigma sweep, 2 epochs: " + ", ".join(f"{k} {v:.1f} s"
+                                                          for k, v in sweep.items()))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -61,3 +61,20 @@ def test_the_readme_commands_work_pasted_in_order(tmp_path):
                           timeout=1800)
     tail = (done.stdout + done.stderr)[-3000:]
     assert done.returncode == 0, tail
+
+
+def test_the_readme_is_short_and_every_relative_link_resolves():
+    """README ≤ 250 lines; every relative link of the README and of docs/*.md names a file that
+    exists (anchors aside)."""
+    assert len(README.read_text().splitlines()) <= 250
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
+    assert len(pages) >= 6  # results, evaluation, sweeps, slurm, reliability, performance
