@@ -16,8 +16,10 @@ status=0
 
 $VAERUN train -m likelihood=bernoulli,continuous_bernoulli,laplace,gaussian "${common[@]}" \
     hydra.sweep.dir="$OUT/fixed" || status=1
-$VAERUN train -m likelihood=gaussian likelihood.reduction=mean,batch_mean "${common[@]}" \
-    hydra.sweep.dir="$OUT/mean_reduced" || status=1
+# F.mse_loss(x_hat, x) beside a KL summed over latents: per image (sigma^2 = D/2), and over the
+# whole batch beside a KL summed over the batch (the examples VAE with MSE for BCE: B D / 2)
+$VAERUN train -m likelihood=gaussian loss.recon=sse loss.recon_over_pixels=mean \
+    loss.kl_over_batch=mean,sum "${common[@]}" hydra.sweep.dir="$OUT/mean_reduced" || status=1
 $VAERUN train -m likelihood=gaussian_learned likelihood.variance=shared,optimal,per_pixel,decoder \
     "${common[@]}" hydra.sweep.dir="$OUT/learned" || status=1
 $VAERUN train -m dataset=mnist_binary likelihood=bernoulli "${common[@]}" \

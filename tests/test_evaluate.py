@@ -89,11 +89,14 @@ def test_iwae_tightens_with_k_on_a_trained_model_and_bounded_memory_chunks():
     vae = VAE(MLP.Config(hidden=64, latent_dim=8), lik, (1, 28, 28))
     opt = torch.optim.Adam(vae.parameters(), 3e-3)
     gen = data.noise(0)
-    from vaerun.objective import elbo_terms
+    from vaerun.config import LossConfig
+    from vaerun.objective import Objective, elbo_terms
+
+    objective = Objective(LossConfig(), 1.0, 784, 8)
 
     for _ in range(3):
         for idx in torch.randperm(2000).split(100):
-            loss = elbo_terms(vae, data.batch(idx, gen), 1.0)["loss"].mean()
+            loss = elbo_terms(vae, data.batch(idx, gen), objective)["loss"].mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -27,7 +27,7 @@ def direct(name: str, cfg, lik, out: torch.Tensor, x: torch.Tensor) -> torch.Ten
     if name == "laplace":
         return Laplace(mean, cfg.scale).log_prob(x).sum(-1)
     if name == "gaussian":
-        sigma = math.sqrt(d / 2) if cfg.reduction == "mean" else cfg.sigma
+        sigma = lik.fixed_log_sigma.exp()
         return Normal(mean, sigma).log_prob(x).sum(-1)
     v = cfg.variance
     if v == "shared":
@@ -48,7 +48,7 @@ RUNS = [
     ["likelihood=continuous_bernoulli"],
     ["likelihood=laplace"],
     ["likelihood=gaussian"],
-    ["likelihood=gaussian", "likelihood.reduction=mean"],
+    ["likelihood=gaussian", "loss.recon=sse", "loss.recon_over_pixels=mean"],
     *[["likelihood=gaussian_learned", f"likelihood.variance={v}"]
       for v in ("shared", "optimal", "per_pixel", "decoder")],
 ]

@@ -5,6 +5,7 @@ modules, so their registries are filled before `checked` looks them up.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
@@ -20,12 +21,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vaerun import checkpoint, config, slurm
 from vaerun.checkpoint import Progress
-from vaerun.config import RunConfig, require
+from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
-from vaerun.objective import Meter
+from vaerun.objective import Meter, Objective
 from vaerun.runtime import resolve_device
 
 log = logging.getLogger("vaerun")
@@ -97,16 +98,34 @@ def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
     if training:
         optimizer_kwargs(rc.optimizer)
+    check_loss(rc)
     check_memory(rc, device)
     return rc
 
 
 def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
-    """The data (in memory on `device`) and the VAE with its likelihood, untrained."""
+    """The data (in memory on `device`) and the VAE with its likelihood, untrained. With the
+    squared error for loss (loss.recon=sse) the Gaussian's σ is the one the loss implies."""
     data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
-    lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, data.dim, cfg.model.link.value,
-                                                 cfg.trainer.batch_size)
+    lik_cfg = cfg.likelihood
+    if cfg.loss.recon == Recon.sse:
+        implied = objective(cfg, data.dim).implied(cfg.trainer.batch_size)["implied_sigma"]
+        lik_cfg = dataclasses.replace(lik_cfg, sigma=implied)
+    lik = Likelihood.lookup(lik_cfg.name)(lik_cfg, data.dim, cfg.model.link.value)
     return data, VAE(cfg.model, lik, data.image_shape).to(device)
+
+
+def objective(cfg: RunConfig, pixels: int) -> Objective:
+    """The run's loss as written, for images of `pixels` pixels."""
+    return Objective(cfg.loss, cfg.beta, pixels, cfg.model.latent_dim)
+
+
+def check_loss(cfg: RunConfig) -> None:
+    """The squared error is the loss of a Gaussian decoder with one fixed σ (the implied one)."""
+    if cfg.loss.recon == Recon.sse and cfg.likelihood.name != "gaussian":
+        raise ConfigError("loss.recon", "sse", "the squared error is the -log p of a Gaussian "
+                          "decoder with one fixed sigma: add likelihood=gaussian (its sigma is "
+                          "then the one the loss implies), or use loss.recon=nll")
 
 
 def make_optimizer(cfg: RunConfig, vae: VAE) -> torch.optim.Optimizer:

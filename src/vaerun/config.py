@@ -11,6 +11,7 @@ run imports them (vaerun.assemble) before calling `typed`.
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vaerun.errors import ConfigError
 
 REGISTRIES: dict[str, dict[str, type]] = {}  # group -> {name: class}, filled by the parts
-TOP_KEYS = ("dataset", "likelihood", "model", "optimizer", "trainer", "eval", "beta")
+TOP_KEYS = ("dataset", "likelihood", "model", "optimizer", "trainer", "eval", "beta", "loss")
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
@@ -164,6 +165,41 @@ class EvalConfig:
         require_seed(f"{key}.seed", self.seed)
 
 
+class Over(str, enum.Enum):
+    sum = "sum"
+    mean = "mean"
+
+
+class Recon(str, enum.Enum):
+    nll = "nll"  # the likelihood's −log p(x|z), per image (the BCE, for bernoulli)
+    sse = "sse"  # Σ_d (x_d − f(z)_d)², as F.mse_loss computes it (likelihood=gaussian)
+
+
+@dataclass
+class LossConfig:
+    """The loss as its code writes it: over a batch of B images with D pixels and d latents,
+
+        loss = recon_weight · [Σ or mean over the batch] [Σ or mean over the pixels] R
+             + beta · [Σ or mean over the batch] [Σ or mean over the latents] KL,
+
+    R the reconstruction term of each pixel (recon: the likelihood's −log p, or the squared
+    error), KL that of each latent. A mean over pixels, latents or the batch is a factor 1/D,
+    1/d or 1/B. `name`, `written` and `source` say what it is (a recipe's, or the user's)."""
+
+    name: str = "elbo"
+    recon: Recon = Recon.nll
+    recon_over_pixels: Over = Over.sum
+    recon_over_batch: Over = Over.mean
+    recon_weight: float = 1.0
+    kl_over_latents: Over = Over.sum
+    kl_over_batch: Over = Over.mean
+    written: str = ""
+    source: str = ""
+
+    def check(self, key: str) -> None:
+        require_positive(f"{key}.recon_weight", self.recon_weight)
+
+
 def require_seed(key: str, value: Any) -> None:
     require(isinstance(value, int) and 0 <= value <= MAX_SEED, key, value,
             f"must be an integer from 0 to 2^63 - 1 = {MAX_SEED}")
@@ -180,6 +216,7 @@ class RunConfig:
     trainer: TrainerConfig
     eval: EvalConfig
     beta: float
+    loss: LossConfig = field(default_factory=LossConfig)
     plain: dict = field(repr=False, default_factory=dict)
 
 
@@ -232,12 +269,16 @@ def typed(cfg: DictConfig) -> RunConfig:
         trainer=_to_schema("trainer", cfg.get("trainer"), TrainerConfig),
         eval=_to_schema("eval", cfg.get("eval"), EvalConfig),
         beta=float(beta),
+        loss=_to_schema("loss", cfg.get("loss") or {}, LossConfig),
         plain=plain,
     )
 
 
 HEADLINE = ["test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/nll_iwae",
-            "test/bits_per_dim", "test/active_units"]  # HParams' metric columns, in this order
+            "test/bits_per_dim", "test/active_units", "test/implied_sigma", "test/implied_beta",
+            "test/elbo_calibrated", "test/bits_per_dim_calibrated"]  # HParams' metric columns
+LOSS_KEYS = ("recon", "recon_over_pixels", "recon_over_batch", "recon_weight",
+             "kl_over_latents", "kl_over_batch")  # the loss's keys runs are compared by
 PARTS = ("likelihood", "dataset", "model")
 UNTRACKED = ("trainer.resume", "trainer.progress_seconds")  # never change what a run computes
 
@@ -255,7 +296,8 @@ def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
     for group in ("trainer", "eval"):
         out.update({f"{group}.{f.name}": _plain(getattr(getattr(cfg, group), f.name))
                     for f in fields(getattr(cfg, group))})
-    out.update({"beta": cfg.beta, "trainer.seed": seed})
+    out.update({"beta": cfg.beta, "trainer.seed": seed, "loss": cfg.loss.name})
+    out.update({f"loss.{k}": _plain(getattr(cfg.loss, k)) for k in LOSS_KEYS})
     return {k: v for k, v in out.items() if k not in UNTRACKED and v is not None
             and isinstance(v, (bool, int, float, str))}
 
@@ -276,6 +318,9 @@ def hparam_columns() -> dict[str, type]:
     for group, schema in (("trainer", TrainerConfig), ("eval", EvalConfig)):
         cols.update({f"{group}.{f.name}": _kind(f.type) for f in fields(schema)})
     cols["beta"] = float
+    cols["loss"] = str
+    cols.update({f"loss.{f.name}": _kind(f.type) for f in fields(LossConfig)
+                 if f.name in LOSS_KEYS})
     return {k: v for k, v in cols.items() if k not in UNTRACKED}
 
 

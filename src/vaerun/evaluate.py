@@ -36,7 +36,7 @@ from vaerun.atomic import write_json
 from vaerun.data import Dataset
 from vaerun.logs import ProgressLines, RunLog
 from vaerun.model import VAE
-from vaerun.objective import seeded
+from vaerun.objective import Objective, evaluate, seeded
 from vaerun.pictures import all_pictures, save_png
 
 log = logging.getLogger("vaerun")
@@ -171,6 +171,42 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
         save_png(grid, runlog.run_dir / "images" / f"{name}.png")
 
 
+@torch.no_grad()
+def calibrated(vae: VAE, data: Dataset, cfg: Any, test: dict[str, Any],
+               progress: bool = True, poll: Callable[[], None] | None = None) -> dict[str, float]:
+    """For a fixed-σ Gaussian: the same encoder and decoder with σ set to its maximum-likelihood
+    value on the training images, σ² = their MSE (z ~ q, as the ELBO draws it): the test ELBO at
+    that σ in closed form from the test MSE and KL (`test`: this step's test/* terms), and the
+    IWAE bound's bits/dim with it. {} for any other likelihood."""
+    lik = vae.likelihood
+    if lik.name != "gaussian" or "test/mse" not in test:
+        return {}
+    obj = Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim)
+    train = data.batch(torch.arange(len(data.train), device=data.train.device), data.noise(0))
+    with vae.evaluating():
+        mse = evaluate(vae, train, obj, cfg.eval.batch_size, cfg.eval.seed)["mse"]
+    sigma, d = math.sqrt(mse), data.dim
+    out = {"sigma_calibrated": sigma, "elbo_calibrated": -d * test["test/mse"] / (2 * mse)
+           - 0.5 * d * math.log(2 * math.pi * mse) - test["test/kl"]}
+    bpd, _ = lik.bits_per_dim(-out["elbo_calibrated"], data.values)
+    if bpd is not None:
+        out["bits_per_dim_elbo_calibrated"] = bpd
+    if cfg.eval.iwae_k > 0 and bpd is not None:
+        was = math.sqrt(lik.variance())
+        lik.calibrated(sigma)
+        try:
+            nll = iwae_nll(vae, data.test, cfg.eval.iwae_k, cfg.eval.batch_size, cfg.eval.seed,
+                           progress, poll, cfg.trainer.progress_seconds).mean().item()
+        finally:
+            lik.calibrated(was)
+        out["nll_iwae_calibrated"] = nll
+        out["bits_per_dim_calibrated"] = lik.bits_per_dim(nll, data.values)[0]
+    log.info("test: sigma calibrated on the training images: %.4g (trained at %.4g); elbo %.4f "
+             "-> %.4f nats per image", sigma, math.sqrt(lik.variance()), test["test/elbo"],
+             out["elbo_calibrated"])
+    return out
+
+
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
                  progress: bool = True, poll: Callable[[], None] | None = None
                  ) -> dict[str, float]:
@@ -180,6 +216,9 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
         poll()
     variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
     metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress, poll)
+    metrics.update(Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim).implied(
+        cfg.trainer.batch_size))
+    metrics.update(calibrated(vae, data, cfg, runlog.metrics, progress, poll))
     if "bits_per_dim" in metrics and "test/elbo" in runlog.metrics:  # the ELBO's bound too
         metrics["bits_per_dim_elbo"] = vae.likelihood.bits_per_dim(
             -runlog.metrics["test/elbo"], data.values)[0]

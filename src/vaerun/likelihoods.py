@@ -76,13 +76,11 @@ class Likelihood(Registered, nn.Module):
     params_per_pixel: ClassVar[int] = 1
     support: ClassVar[str] = "real"
 
-    def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid",
-                 batch_size: int = 128):
+    def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid"):
         nn.Module.__init__(self)
         self.cfg = cfg
         self.dim = dim
         self.link = LINKS[link]
-        self.batch_size = batch_size  # the training batch's images (reduction=batch_mean)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         """The distribution p(x|z) for a batch (x is used only by likelihoods fitted to it)."""
@@ -100,10 +98,6 @@ class Likelihood(Registered, nn.Module):
     def pixel_report(self, pixel_mse: Tensor) -> dict[str, float]:
         """Test-set numbers that need each pixel's MSE over the images (none by default)."""
         return {}
-
-    def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
-        """What the loss puts in place of −log p(x|z); differs from it only by a constant."""
-        return -log_px_z
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups for parameters that need their own learning rate."""
@@ -212,20 +206,12 @@ class Laplace(Likelihood):
         def check(self, key: str) -> None:
             require_positive(f"{key}.scale", self.scale)
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
-        super().__init__(cfg, dim, link, batch_size)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
         constant(self, "scale", cfg.scale)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         return pixels(LaplaceDist(self.mean(out), self.scale, validate_args=False))
-
-
-class Reduction(str, enum.Enum):
-    sum = "sum"  # the true log-likelihood: SSE/(2σ²), summed over pixels
-    mean = "mean"  # F.mse_loss's default: the per-pixel mean, i.e. a Gaussian with σ² = D/2
-    # F.mse_loss(x_hat, x) over the whole batch (B·D numbers) beside a KL summed over the batch,
-    # as the PyTorch examples VAE becomes with MSE for BCE: a Gaussian with σ² = B·D/2
-    batch_mean = "batch_mean"
 
 
 class Gaussian(Likelihood):
@@ -238,36 +224,24 @@ class Gaussian(Likelihood):
     class Config(LikelihoodConfig):
         name: str = "gaussian"
         sigma: float = 0.1
-        reduction: Reduction = Reduction.sum
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.sigma", self.sigma)
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
-        super().__init__(cfg, dim, link, batch_size)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
         constant(self, "fixed_log_sigma", 0.5 * math.log(self.variance()))
 
     def isotropic_sigma(self) -> tuple[float, bool] | None:
         return math.sqrt(self.variance()), False
 
     def variance(self) -> float:
-        """σ²: likelihood.sigma², or the σ² its reduction makes of F.mse_loss."""
-        r = self.cfg.reduction
-        return (self.cfg.sigma**2 if r == Reduction.sum else self.dim / 2
-                if r == Reduction.mean else self.batch_size * self.dim / 2)
+        """σ² = likelihood.sigma²."""
+        return self.cfg.sigma**2
 
-    def explain(self, values: str) -> str | None:
-        r = self.cfg.reduction
-        if r == Reduction.sum:
-            return super().explain(values)
-        what = ("F.mse_loss(x_hat, x) (mean over the D pixels) + KL: a Gaussian with sigma^2 = "
-                f"D/2 = {self.dim / 2:g}" if r == Reduction.mean else
-                "F.mse_loss(x_hat, x) over the whole batch (B*D numbers) + KL summed over the "
-                f"batch: a Gaussian with sigma^2 = B*D/2 = {self.variance():g} at B = "
-                f"trainer.batch_size = {self.batch_size}, so sigma changes with the batch size")
-        return (f"likelihood.reduction={r.value}: the loss is {what} (sigma = "
-                f"{math.sqrt(self.variance()):.4g}); likelihood.sigma is ignored and log_px_z, "
-                "elbo are those of that model")
+    def calibrated(self, sigma: float) -> None:
+        """Set the fixed σ (post-hoc calibration, after training)."""
+        self.fixed_log_sigma.fill_(math.log(sigma))
 
     def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
         """log σ, broadcastable to [B, D]."""
@@ -284,16 +258,6 @@ class Gaussian(Likelihood):
             "sse_term": -(sq * torch.exp(-2 * log_sigma)).sum(-1) / 2,
             "log_norm_term": -(log_sigma + 0.5 * LOG_2PI).sum(-1),
         }
-
-    def reconstruction_loss(self, out: Tensor, x: Tensor, log_px_z: Tensor) -> Tensor:
-        r = self.cfg.reduction
-        if r == Reduction.sum:
-            return -log_px_z
-        # F.mse_loss(x_hat, x), as common code writes it: −log p(x|z) of the Gaussian with
-        # σ² = D/2 (per image) or B·D/2 (over the batch; B the images in this batch, as in the
-        # wild), less its constant (D/2)·log(2πσ²)
-        per_image = F.mse_loss(self.mean(out), x, reduction="none").mean(-1)
-        return per_image if r == Reduction.mean else per_image / len(x)
 
 
 class Variance(str, enum.Enum):
@@ -319,18 +283,17 @@ class GaussianLearned(Gaussian):
         sigma_lr: float = 0.01
         ema: float = 0.05
         min_log_sigma: float | None = -6.0
-        reduction: Reduction = Reduction.sum
+        # variance=optimal: the soft floor on its log σ too, as sigma-vae-pytorch's softclip
+        floor_optimal: bool = False
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.init_sigma", self.init_sigma)
             require_floor(f"{key}.min_log_sigma", self.min_log_sigma)
             require_positive(f"{key}.sigma_lr", self.sigma_lr)
             require(0 < self.ema <= 1, f"{key}.ema", self.ema, "must be in (0, 1]")
-            require(self.reduction == Reduction.sum, f"{key}.reduction", self.reduction.value,
-                    "a learned σ needs reduction=sum")
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
-        super().__init__(cfg, dim, link, batch_size)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
         init = torch.tensor(math.log(cfg.init_sigma))
         if cfg.variance == Variance.shared:
             self.shared_log_sigma = nn.Parameter(init)
@@ -392,7 +355,8 @@ class GaussianLearned(Gaussian):
         if v == Variance.decoder:
             return self.bounded(out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma))
         if self.training:
-            return 0.5 * F.mse_loss(self.mean(out).detach(), x).clamp_min(1e-12).log()
+            log_sigma = 0.5 * F.mse_loss(self.mean(out).detach(), x).clamp_min(1e-12).log()
+            return self.bounded(log_sigma) if self.cfg.floor_optimal else log_sigma
         return self.test_log_sigma()
 
     def test_log_sigma(self) -> Tensor:
@@ -400,7 +364,8 @@ class GaussianLearned(Gaussian):
         init_sigma before any training step (nothing to average; never the test data)."""
         w = self.mse_weight
         mse = (self.mse_avg / w.clamp_min(1e-30)).clamp_min(1e-12)
-        return torch.where(w > 0, 0.5 * mse.log(), self.fixed_log_sigma)
+        log_sigma = self.bounded(0.5 * mse.log()) if self.cfg.floor_optimal else 0.5 * mse.log()
+        return torch.where(w > 0, log_sigma, self.fixed_log_sigma)
 
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         if self.training and self.cfg.variance == Variance.optimal:
@@ -437,8 +402,8 @@ class DiscretizedLogistic(Likelihood):
             require_at_least(f"{key}.components", self.components, 1)
             require_floor(f"{key}.min_log_scale", self.min_log_scale)
 
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid", batch_size: int = 128):
-        super().__init__(cfg, dim, link, batch_size)
+    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
+        super().__init__(cfg, dim, link)
         k = cfg.components
         self.params_per_pixel = 3 * k if k > 1 else 2
 

@@ -1,7 +1,14 @@
-"""The ELBO and its parts, per image, in nats:
+"""The ELBO and its parts, per image, in nats, and the loss as written:
 
     elbo = E_q[log p(x|z)] − KL(q(z|x) ‖ p(z))     (one reparameterised z per image)
-    loss = −log p(x|z) + β·KL                        (what the optimiser minimises)
+    loss = a_rec·Σ_i R_i + a_kl·Σ_i KL_i            (over a batch's images i: what is minimised)
+
+R_i is the image's −log p(x|z) (loss.recon=nll) or its squared error Σ_d (x_d − f(z)_d)²
+(loss.recon=sse); `Objective` takes a_rec and a_kl from the loss's reductions and weights. The
+loss is, up to a constant, the negative ELBO of an implied model: for the squared error, the
+Gaussian N(f(z), σ²I) with σ² = a_kl/(2·a_rec) at β = 1; for a likelihood's own −log p, that
+likelihood at β = a_kl/a_rec. The overall factor does not matter to Adam, but it is the learning
+rate's scale for SGD.
 
 plus diagnostics that make runs with different likelihoods comparable: the per-pixel `mse` and
 the per-image `bce` of the decoder mean f(z) at the same z.
@@ -17,14 +24,65 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
+from vaerun.config import LossConfig, Over, Recon
 from vaerun.model import VAE
 
 
-def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
-               pixel_sse: Tensor | None = None) -> dict[str, Tensor]:
+class Objective:
+    """A loss as written (`LossConfig`, with β the KL weight) for images of D pixels and d
+    latents: per-image losses whose mean over a batch of B is the batch's loss exactly."""
+
+    def __init__(self, cfg: LossConfig, beta: float, pixels: int, latents: int):
+        self.cfg, self.beta, self.pixels, self.latents = cfg, beta, pixels, latents
+
+    def weights(self, batch: int) -> tuple[float, float]:
+        """(a_rec, a_kl) of loss = a_rec·Σ_i R_i + a_kl·Σ_i KL_i over a batch of `batch`."""
+        c = self.cfg
+        a_rec = c.recon_weight / (self.pixels if c.recon_over_pixels == Over.mean else 1)
+        a_kl = self.beta / (self.latents if c.kl_over_latents == Over.mean else 1)
+        return (a_rec / (batch if c.recon_over_batch == Over.mean else 1),
+                a_kl / (batch if c.kl_over_batch == Over.mean else 1))
+
+    def implied(self, batch: int) -> dict[str, float]:
+        """The model the loss is: `implied_sigma` (sse: the Gaussian's σ at β = 1) or
+        `implied_beta` (nll: the KL weight against the likelihood's own −log p)."""
+        a_rec, a_kl = self.weights(batch)
+        if self.cfg.recon == Recon.sse:
+            return {"implied_sigma": math.sqrt(a_kl / (2 * a_rec))}
+        return {"implied_beta": a_kl / a_rec}
+
+    def per_image(self, recon: Tensor, kl: Tensor, batch: int) -> Tensor:
+        """B·(a_rec·R_i + a_kl·KL_i): their mean over the B images is the loss."""
+        a_rec, a_kl = self.weights(batch)
+        return (batch * a_rec) * recon + (batch * a_kl) * kl
+
+    def describe(self, batch: int, likelihood: str) -> str:
+        """One line: the loss as written and the model it is (`likelihood`: its name)."""
+        c = self.cfg
+        rec = {Recon.sse: "squared error", Recon.nll: "-log p(x|z)"}[c.recon]
+        r = f"{c.recon_over_batch.value} over images of ({c.recon_over_pixels.value} over pixels of {rec})"
+        k = f"{c.kl_over_batch.value} over images of ({c.kl_over_latents.value} over latents of KL)"
+        w = "" if c.recon_weight == 1 else f"{c.recon_weight:g}·"
+        line = c.written or f"{w}{r} + {self.beta:g}·{k}"
+        what = self.implied(batch)
+        model = (f"the Gaussian VAE with sigma = {what['implied_sigma']:.4g} at beta = 1"
+                 if "implied_sigma" in what else
+                 f"the {likelihood} VAE at beta = {what['implied_beta']:.4g}")
+        name = f" ({c.name})" if c.name not in ("elbo", "") else ""
+        return (f"loss{name}: {line} is {model} on these {self.pixels}-pixel images"
+                + (f" at a batch of {batch}" if self.batch_dependent else ""))
+
+    @property
+    def batch_dependent(self) -> bool:
+        """The implied model changes with the batch size (the two terms reduce differently)."""
+        return self.cfg.recon_over_batch != self.cfg.kl_over_batch
+
+
+def elbo_terms(vae: VAE, x: Tensor, objective: Objective, bce: bool = True,
+               pixel_sse: Tensor | None = None, batch: int | None = None) -> dict[str, Tensor]:
     """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached.
     `bce=False` skips the BCE diagnostic, which the training loop computes only on the steps
-    it logs. `pixel_sse`, if given, gets
+    it logs. `batch`: the B of the loss's reductions (default: the images in x). `pixel_sse`, if given, gets
     each pixel's squared error summed over the batch added to it."""
     q = vae.posterior(x)
     z = q.rsample()
@@ -33,7 +91,9 @@ def elbo_terms(vae: VAE, x: Tensor, beta: float, bce: bool = True,
     p_x = lik(out, x)
     log_px_z = p_x.log_prob(x)
     kl = kl_divergence(q, vae.prior())
-    loss = lik.reconstruction_loss(out, x, log_px_z) + beta * kl
+    sse = objective.cfg.recon == Recon.sse
+    recon = (x - lik.mean(out, p_x)).square().sum(-1) if sse else -log_px_z
+    loss = objective.per_image(recon, kl, batch or len(x))
     with torch.no_grad():
         mean = lik.mean(out, p_x)
         squared = (mean - x).square_()
@@ -108,11 +168,14 @@ def seeded(seed: int, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(vae: VAE, x: Tensor, beta: float, batch_size: int, seed: int) -> dict[str, float]:
-    """Mean of every term over the images x (e.g. the whole test set), with fixed noise."""
+def evaluate(vae: VAE, x: Tensor, objective: Objective, batch_size: int, seed: int,
+             loss_batch: int | None = None) -> dict[str, float]:
+    """Mean of every term over the images x (e.g. the whole test set), with fixed noise;
+    `loss_batch`: the B of the loss's reductions (the training batch size)."""
     meter = Meter()
     pixel_sse = torch.zeros(x.shape[-1], device=x.device)
     with vae.evaluating(), seeded(seed, x.device):
         for i in range(0, len(x), batch_size):
-            meter.add(elbo_terms(vae, x[i: i + batch_size], beta, True, pixel_sse))
+            meter.add(elbo_terms(vae, x[i: i + batch_size], objective, True, pixel_sse,
+                                 loss_batch))
     return {**meter.means(), **vae.likelihood.pixel_report(pixel_sse / len(x))}
