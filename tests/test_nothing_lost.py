@@ -360,15 +360,16 @@ ONE_LINE = {
     "trainer.epoch=3": "did you mean trainer.epochs",
     "likelihood=gausian": "did you mean gaussian",
     "hydra.run.dir=outputs/σ1": "quote",
+    "--experimental-rerun pickle.pkl": "--experimental-rerun is not a flag vaerun passes",
+    "-sc install=bash": "-sc is not a flag vaerun passes",
+    "likelihood=gaussian likelihood.sigma=0.1 -m likelihood.sigma=0.1,0": "likelihood.sigma",
 }
 
 
 @pytest.mark.parametrize("args", list(ONE_LINE))
 def test_bad_input_is_one_line_naming_the_fix(tmp_path, args):
-    words = args.split()
-    flags = [w for i, w in enumerate(words) if w.startswith("-") or words[i - 1] == "-cn"]
-    overrides = [w for w in words if w not in flags]  # Hydra wants flags before overrides
-    proc = run_process(["train", *flags, *SMALL, *overrides], cwd=tmp_path)
+    words = args.split()  # flags and overrides in any order (vaerun sorts them for Hydra)
+    proc = run_process(["train", *SMALL, *words], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert ONE_LINE[args] in one_error_line(proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr

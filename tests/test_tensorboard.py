@@ -92,7 +92,7 @@ def tensorboard(request, tmp_path):
 def test_hparams_dashboard_lists_headline_metrics_first_and_the_keys_that_differ(
         vaerun, tmp_path, tensorboard):
     sweep = tmp_path / "outputs"
-    assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.reduction=sum,mean",
+    assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,1",
                   *SMALL, "trainer.epochs=1", f"hydra.sweep.dir={sweep / 'gauss'}") == 0
     assert vaerun("train", "-m", "dataset.dequantize=true", "dataset.n_train=256,512",
                   *SMALL[1:], "trainer.epochs=1", f"hydra.sweep.dir={sweep / 'deq'}") == 0
@@ -101,14 +101,22 @@ def test_hparams_dashboard_lists_headline_metrics_first_and_the_keys_that_differ
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics == HEADLINE  # the headline test metrics, in their order, and only those
     names = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"likelihood", "likelihood.sigma", "likelihood.reduction", "dataset.n_train",
+    # the swept key leads (whichever of the two sweeps' experiments TensorBoard shows)
+    assert experiment["hparamInfos"][0]["name"] in ("likelihood.sigma", "dataset.n_train")
+    assert {"likelihood", "likelihood.sigma", "loss", "loss.recon", "dataset.n_train",
             "dataset.dequantize", "optimizer.lr", "trainer.seed"} <= names
     groups = api("/data/plugin/hparams/session_groups", {
         "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
         "colParams": [], "startIndex": 0, "sliceSize": 100})
     values = [g["hparams"] for g in groups["sessionGroups"]]
     assert len(values) == 4
-    assert {v.get("likelihood.reduction") for v in values} == {"sum", "mean", None}
+    # trials named by their folders (short, distinct), not by their whole paths
+    assert sorted(g["name"] for g in groups["sessionGroups"]) == [
+        "0_dataset.n_train=256", "0_likelihood.sigma=0.1", "1_dataset.n_train=512",
+        "1_likelihood.sigma=1"]
+    # booleans as booleans
+    assert {v.get("dataset.dequantize") for v in values} == {True, False}
+    assert {v.get("likelihood.sigma") for v in values} == {0.1, 1, None}
     assert {v.get("dataset.n_train") for v in values} >= {256, 512}
 
 

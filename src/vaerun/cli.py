@@ -119,11 +119,12 @@ def _hand_back_to_scheduler(code: int) -> None:
 def _run_job(cfg, run_dir: Path, stop) -> int:
     from vaerun.assemble import checked
     from vaerun.errors import Interrupted, NonFiniteError, Refused, UserError
-    from vaerun.jobs import hydra_files
+    from vaerun.jobs import compared_keys, hydra_files
     from vaerun.train import train
 
     try:
-        train(checked(cfg), run_dir, record=hydra_files(cfg), stop=stop)
+        train(checked(cfg), run_dir, record=hydra_files(cfg), stop=stop,
+              compare=compared_keys())
         return 0
     except (UserError, NonFiniteError) as e:
         if not isinstance(e, Refused):  # a refused directory gets no line in its log
@@ -133,9 +134,18 @@ def _run_job(cfg, run_dir: Path, stop) -> int:
         _log_to_file(write_error(e))
         return error(write_error(e))
     except Interrupted as e:
-        logging.getLogger("vaerun").warning(
-            "interrupted: checkpoint written to %s; continue with trainer.resume=true "
-            "hydra.run.dir=%s", run_dir, run_dir)
+        from hydra.core.hydra_config import HydraConfig
+
+        from vaerun.checkpoint import checkpoint_path
+        from vaerun.jobs import resume_command
+
+        log = logging.getLogger("vaerun")
+        if checkpoint_path(run_dir).exists():
+            log.warning("interrupted: checkpoint written to %s; continue with: %s",
+                        checkpoint_path(run_dir),
+                        resume_command(str(run_dir), list(HydraConfig.get().overrides.task)))
+        else:
+            log.warning("interrupted before training began: nothing was written to %s", run_dir)
         return e.exit_code
 
 
@@ -151,10 +161,11 @@ def train_main(args: list[str], stop) -> int:
         parse,
         single_run_dir,
         validate,
+        with_recorded_overrides,
     )
 
     try:
-        ns = parse(args)
+        ns = with_recorded_overrides(parse(args))
         composed = validate(ns)  # every job, whatever the flags, before the first runs
         run_dir = single_run_dir(ns, composed)
         overrides = [*ns.overrides, run_dir] if run_dir else list(ns.overrides)
@@ -190,7 +201,8 @@ def eval_main(args: list[str], stop) -> int:
     """`vaerun eval run_dir=PATH [eval.iwae_k=K] [eval.batch_size=N] [trainer.device=...]`."""
     from vaerun.errors import Interrupted, UserError
 
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s",
+    logging.basicConfig(level=logging.INFO,  # the format of training's log (Hydra's)
+                        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
                         stream=sys.stdout)
     try:
         pairs = key_values(args, EVAL_USAGE)
@@ -269,7 +281,10 @@ def run() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:  # a command is needed: the usage, as an error
+        print(USAGE, end="", file=sys.stderr)
+        return error("no command given; choose train, eval or report")
+    if argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
     if argv[0] in ("-V", "--version"):

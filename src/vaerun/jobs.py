@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import itertools
 import os
 import re
@@ -93,6 +94,47 @@ def hydra_argv(ns: argparse.Namespace, overrides: list[str]) -> list[str]:
         elif kind != "flag" and value is not None:
             out += [names[0], value]
     return [*out, *overrides]
+
+
+def _given(overrides: list[str]) -> dict[str, str]:
+    """key -> value of `key=value` overrides (the last of a key wins, as in Hydra)."""
+    return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+
+
+def with_recorded_overrides(ns: argparse.Namespace) -> argparse.Namespace:
+    """`vaerun train trainer.resume=true hydra.run.dir=RUN`: the run's own recorded overrides
+    (RUN/.hydra/overrides.yaml) go first, so a resume needs no more than those two; any given
+    here win (a conflicting one is refused by the resume's config check)."""
+    import yaml
+
+    given = _given(ns.overrides)
+    if is_multirun(ns) or given.get("trainer.resume", "").lower() != "true" or \
+            "hydra.run.dir" not in given:
+        return ns
+    path = os.path.join(given["hydra.run.dir"].strip("'\""), ".hydra", "overrides.yaml")
+    if not os.path.isfile(path):
+        return ns
+    try:
+        with open(path) as f:
+            recorded = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); give the run's overrides "
+                        "yourself, or restore the file") from None
+    if not isinstance(recorded, list) or not all(isinstance(o, str) for o in recorded):
+        raise UserError(f"{path} is not a list of overrides; give the run's overrides yourself, "
+                        "or restore the file")
+    rest = [o for o in recorded if "=" in o and o.split("=", 1)[0].lstrip("+~") not in given]
+    return argparse.Namespace(**{**vars(ns), "overrides": [*rest, *ns.overrides]})
+
+
+def resume_command(run_dir: str, overrides: list[str]) -> str:
+    """The command that continues this run, overrides quoted for the shell."""
+    import shlex
+
+    keep = [o for o in overrides
+            if o.split("=", 1)[0].lstrip("+~") not in ("trainer.resume", "hydra.run.dir")]
+    return " ".join(["vaerun train", *map(shlex.quote, keep), "trainer.resume=true",
+                     shlex.quote(f"hydra.run.dir={run_dir}")])
 
 
 def runs_jobs(ns: argparse.Namespace) -> bool:
@@ -240,12 +282,7 @@ def explain(e: BaseException, name: str | None = None, job: list[str] | None = N
     msg = one_line(e).split(" Config search path:")[0]
     unknown = re.search(r"Could not override '([^']+)'", msg)
     if unknown:
-        key = unknown.group(1)
-        group = key.split(".")[0]
-        hint = did_you_mean(key, _keys(name, job or [], key)) if name else ""
-        return (f"{key} is not a key of this config{hint} (check the spelling, or pick a "
-                f"{group} option that has it, e.g. vaerun train {group}=... {key}=...; "
-                "`vaerun train --cfg job` lists the keys)")
+        return unknown_key(unknown.group(1), name, job or [])
     missing = re.search(r"Could not find '([^/']+)/([^']+)' Available options in '[^']+': (.*)", msg)
     if missing:
         group, choice, options = missing.groups()
@@ -258,6 +295,38 @@ def explain(e: BaseException, name: str | None = None, job: list[str] | None = N
     if "Ambiguous value" in msg:
         msg += " (a sweep needs -m: vaerun train -m ...)"
     return msg
+
+
+def group_options(group: str) -> list[str]:
+    """The options of one of vaerun's config groups (conf/GROUP/*.yaml), [] for no group."""
+    folder = resources.files(CONFIG_MODULE) / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+GROUPS = ("dataset", "likelihood", "model", "optimizer", "trainer", "recipe")
+
+
+def unknown_key(key: str, name: str | None, job: list[str]) -> str:
+    """One line for an override of a key the config lacks: the nearest group (with the value
+    given, where it is that group's option) or key, and a group's options where it has several."""
+    value = next((o.split("=", 1)[1] for o in job
+                  if o.split("=", 1)[0].lstrip("+~") == key and "=" in o), "...")
+    if "." not in key:
+        close = difflib.get_close_matches(key, GROUPS, n=1, cutoff=0.6)
+        if close:
+            opts = group_options(close[0])
+            pick = value if value in opts else "..."
+            return (f"{key} is not a config group or key (did you mean {close[0]}={pick}?); "
+                    f"{close[0]} options: {', '.join(opts)}")
+    group = key.split(".")[0]
+    hint = did_you_mean(key, _keys(name, job, key)) if name else ""
+    opts = group_options(group)
+    pick = (f"; or pick a {group} option that has it ({', '.join(opts)}), e.g. vaerun train "
+            f"{group}=... {key}=..." if len(opts) > 1 and not hint else "")
+    return (f"{key} is not a key of this config{hint}{pick}; `vaerun train --cfg job` lists "
+            "the keys")
 
 
 def _keys(name: str, job: list[str], bad: str) -> list[str]:
@@ -335,6 +404,18 @@ def single_run_dir(ns: argparse.Namespace, jobs: list[DictConfig]) -> str | None
         n += 1
         path = f"{base}-{n}"
     return f"hydra.run.dir='{path}'"  # quoted: the name holds = and ,
+
+
+def compared_keys() -> list[str]:
+    """The keys this job's command varied (a sweep's swept keys: the rest are in the exclude
+    list), the way runs are compared first: HParams' leading columns. A group's choice is
+    named as the group (likelihood=gaussian: `likelihood`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    skip = set(hc.job.config.override_dirname.exclude_keys or [])
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task if "=" in o]
+    return [k for k in dict.fromkeys(keys) if k not in skip and not k.startswith("hydra")]
 
 
 def hydra_files(cfg: DictConfig) -> dict[str, str]:

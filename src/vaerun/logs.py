@@ -124,19 +124,30 @@ class RunLog:
         self.writer.add_custom_scalars(charts)
 
     def hparams(self, values: dict[str, Any], columns: dict[str, type],
-                metric_tags: list[str]) -> None:
+                metric_tags: list[str], first: list[str] | tuple = (), trial: str = "") -> None:
         """Record this run's hyperparameters for TensorBoard's HParams dashboard, in this run's
-        own event file (SummaryWriter.add_hparams would make a directory per call): the
-        experiment (every column any run can have, and the metric columns in `metric_tags`
-        order: without it TensorBoard lists every scalar tag) and this run's values. The
-        dashboard joins them with the runs' last scalars of those tags."""
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        own event file (SummaryWriter.add_hparams would make a directory per call), through
+        TensorBoard's own hparams API: the experiment (every column any run can have, `first`,
+        the keys the command varied, leading; the metric columns in `metric_tags` order:
+        without it TensorBoard lists every scalar tag) and this run's values, booleans as
+        booleans, as the trial `trial` (a short name). The dashboard joins them with the runs'
+        last scalars of those tags."""
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+        from tensorboard.plugins.hparams import summary_v2 as hp2
 
-        blank = {bool: False, float: 0.0, str: ""}
-        experiment, _, _ = hparams_summary({k: blank[t] for k, t in columns.items()},
-                                           dict.fromkeys(metric_tags, 0.0))
-        _, start, end = hparams_summary(values, dict.fromkeys(metric_tags, 0.0))
-        for summary in (experiment, start, end):
+        kinds = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64,
+                 str: api_pb2.DATA_TYPE_STRING}
+        experiment = hp2.hparams_config_pb(hparams=[hp2.HParam(k) for k in columns],
+                                           metrics=[hp2.Metric(tag) for tag in metric_tags])
+        # each column's type, and `differs` on the varied keys: TensorBoard lists those first
+        meta = experiment.value[0].metadata.plugin_data
+        data = plugin_data_pb2.HParamsPluginData.FromString(meta.content)
+        for info in data.experiment.hparam_infos:
+            info.type, info.differs = kinds[columns[info.name]], info.name in first
+        meta.content = data.SerializeToString()
+        session = hp2.hparams_pb({k: v for k, v in values.items() if k in columns},
+                                 trial_id=trial or None)
+        for summary in (experiment, session):
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:

@@ -86,7 +86,7 @@ def _sweep_panel(ax, m: str, series: dict[str, list[Group]], refs: list[Group],
                 ax.plot(x, y, "k--", lw=1, label="pPCA's prediction at this sigma")
             else:
                 ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, color=f"C{i}",
-                            label=label or x_key)
+                            label=f"measured ({label})" if label else "measured, mean ± std")
     for j, g in enumerate(refs):
         mean, _ = g.mean_std(m)
         if not math.isnan(mean):
@@ -143,6 +143,7 @@ def curves(groups: list[Group]) -> bytes:
             mean = [statistics.fmean(c[j] for c in runs) for j in range(n)]
             ax.plot(range(1, n + 1), mean, marker="o", ms=3, color=f"C{i % 10}", label=g.label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     ax.set_ylabel("test loss (nats per image)")
     ax.set_yscale("symlog", linthresh=100)
     ax.legend(fontsize=7)
@@ -247,11 +248,12 @@ def kl_per_dim(groups: list[Group]) -> bytes:
         ax.bar(dims, measured, color="C0", label="measured")
         if kl.get("ppca"):
             ax.plot(range(len(kl["ppca"])), kl["ppca"], "k--", lw=1, label="pPCA: ½ log(λ/σ²)")
-        ax.set_title("\n".join(textwrap.wrap(g.label, 40)), fontsize=6)
-        ax.tick_params(labelsize=6)
+        ax.set_title("\n".join(textwrap.wrap(g.label, 36)), fontsize=8)
+        ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        ax.tick_params(labelsize=8)
     if axes.flat[0].get_legend_handles_labels()[0]:
-        axes.flat[0].legend(fontsize=6)
-    fig.supxlabel("latent dimensions, by KL", fontsize=8)
-    fig.supylabel("KL (nats per image)", fontsize=8)
+        axes.flat[0].legend(fontsize=8)
+    fig.supxlabel("latent dimensions, sorted by KL", fontsize=9)
+    fig.supylabel("KL (nats per image)", fontsize=9)
     fig.tight_layout()
     return png(fig)

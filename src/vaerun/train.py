@@ -33,12 +33,13 @@ log = logging.getLogger("vaerun")
 
 
 def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None,
-          stop: StopRequests | None = None) -> dict[str, Any]:
+          stop: StopRequests | None = None, compare: list[str] | tuple = ()) -> dict[str, Any]:
     """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the
     directory's lock; returns its metrics.json content. `record`: files (the job's config) to
     write into it once it is accepted. `stop`: the command's stop requests (else the run
     installs its own for its duration). Raises Interrupted on a stop signal, after writing the
-    checkpoint if anything was started. torch's process-wide settings are handed back after."""
+    checkpoint if anything was started. torch's process-wide settings are handed back after.
+    `compare`: the keys the command varied, HParams' first columns."""
     run_dir, opened = Path(run_dir), time.perf_counter()
     t = cfg.trainer
     device = runtime.resolve_device(t.device)
@@ -54,16 +55,20 @@ def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None,
                      session.progress.epoch)
             return read_metrics(run_dir / "metrics.json")
         write_files(run_dir, record or {})
-        return _train(session, stop)
+        return _train(session, stop, list(compare))
 
 
-def _train(session: Session, stop: StopRequests) -> dict[str, Any]:
+def _train(session: Session, stop: StopRequests, compare: list[str]) -> dict[str, Any]:
     note = session.vae.likelihood.explain(session.data.values)
     if note:  # what the likelihood is on these data: chosen on purpose, so a note
         log.info("note: %s", note)
+    objective = assemble.objective(session.cfg, session.data.dim)
+    log.info("%s", objective.describe(session.cfg.trainer.batch_size,
+                                      session.cfg.likelihood.name))
     p = session.progress
     runlog = RunLog(session.run_dir, purge_step=p.step + 1 if session.resumed else None)
     trainer = Trainer(session, runlog, stop)
+    trainer.compare = compare
     try:
         metrics = trainer.run()
     except NonFiniteError as e:
@@ -95,6 +100,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.n / self.bs)
         self.noise = torch.Generator(device=session.device)  # reseeded every step
         self.last_loss: float | None = None
+        self.compare: list[str] = []  # the keys the command varied (HParams' first columns)
+        self.objective = assemble.objective(self.cfg, session.data.dim)
         self.terms_of = torch.compile(elbo_terms) if self.cfg.trainer.compile else elbo_terms
 
     def run(self) -> dict[str, Any]:
@@ -105,8 +112,9 @@ class Trainer:
             self.checkpoint("running")  # a last good checkpoint exists from the first step on
             self.runlog.layout()
         self.record("running")
-        log.info("training %s: %d images, %d epochs of %d steps, on %s (%d threads)", s.run_dir,
-                 self.n, t.epochs, self.steps_per_epoch, s.device, torch.get_num_threads())
+        log.info("training %s: %d images, %d epoch%s of %d steps, on %s (%d threads)", s.run_dir,
+                 self.n, t.epochs, "" if t.epochs == 1 else "s", self.steps_per_epoch, s.device,
+                 torch.get_num_threads())
         s.vae.train()
         while self.p.epoch < t.epochs:
             self.halt_if_asked()
@@ -148,7 +156,7 @@ class Trainer:
         s, p, t = self.s, self.p, self.cfg.trainer
         self.noise.manual_seed(step_seed(s.seed, p.step))
         x = s.data.batch(p.perm[b * self.bs: (b + 1) * self.bs], self.noise)
-        terms = self.terms_of(s.vae, x, self.cfg.beta, (p.step + 1) % t.log_every == 0)
+        terms = self.terms_of(s.vae, x, self.objective, (p.step + 1) % t.log_every == 0)
         s.opt.zero_grad(set_to_none=True)
         terms["loss"].mean().backward()
         s.opt.step()
@@ -182,7 +190,8 @@ class Trainer:
             self.halt_if_asked()
         p.epoch, p.perm, p.batch = p.epoch + 1, None, 0
         started = time.perf_counter()
-        test = evaluate(s.vae, s.data.test, self.cfg.beta, t.eval_batch_size, self.cfg.eval.seed)
+        test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size, self.cfg.eval.seed,
+                        t.batch_size)
         self.runlog.scalars("time", {"epoch_seconds": epoch_seconds,
                                      "test_eval_seconds": time.perf_counter() - started}, p.step)
         if not math.isfinite(test["loss"]):
@@ -207,7 +216,8 @@ class Trainer:
             self.checkpoint("interrupted")
             raise
         log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(), HEADLINE)
+        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(), HEADLINE,
+                            first=self.compare, trial=s.run_dir.name)
         self.checkpoint("finished")
         log.info("finished %s", s.run_dir)
         return self.runlog.metrics

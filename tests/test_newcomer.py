@@ -1,0 +1,128 @@
+"""A newcomer's second hour: progress in a log that is no terminal, a resume hint that works as
+pasted, suggestions that name the real thing, pictures that say what they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+import torch
+from conftest import SMALL, Lines
+
+from vaerun.likelihoods import Likelihood
+from vaerun.model import MLP, VAE
+from vaerun.pictures import reconstructions, samples, traversals
+
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+
+
+def test_progress_lines_reach_a_log_that_is_no_terminal(tmp_path):
+    """stderr and stdout to files (as nohup, tee or SLURM have it): a plain progress line at
+    least every progress_seconds, with the epoch, the steps, images/s and the time left."""
+    run, out = tmp_path / "run", tmp_path / "out.log"
+    with open(out, "w") as f:
+        done = subprocess.run([sys.executable, "-m", "vaerun", "train", "dataset.n_train=30000",
+                               "dataset.n_test=256", "trainer.epochs=1", "eval.iwae_k=2",
+                               "trainer.progress_seconds=1", f"hydra.run.dir={run}"],
+                              cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, timeout=600)
+    text = out.read_text()
+    assert done.returncode == 0, text[-2000:]
+    progress = [ln for ln in text.splitlines() if re.search(r"epoch 1/1: \d+/235 steps", ln)]
+    assert len(progress) >= 2, text[-2000:]
+    assert re.search(r"\d+ images/s", progress[-1]) and " left" in progress[-1]
+    times = [datetime.strptime(STAMP.match(ln).group(1), "%Y-%m-%d %H:%M:%S,%f")
+             for ln in text.splitlines() if STAMP.match(ln)]
+    training = times[next(i for i, ln in enumerate(text.splitlines()) if "training " in ln):]
+    gaps = [(b - a).total_seconds() for a, b in zip(training, training[1:], strict=False)]
+    assert max(gaps) < 4, gaps  # 1 s asked for; an epoch's end and the evaluation in between
+
+
+def test_the_resume_hint_resumes_as_pasted(tmp_path):
+    run = tmp_path / "a run"  # a space: the hint must quote it
+    args = ["train", *SMALL, "dataset.n_train=20000", "trainer.epochs=2", "likelihood=gaussian",
+            "trainer.progress_seconds=0", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "vaerun", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = Lines(proc.stdout)
+    out.wait(r"epoch 1/2: 20/\d+ steps")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    hint = next(ln for ln in out.rest().splitlines() + (run / "train.log").read_text().splitlines()
+                if "continue with: " in ln).split("continue with: ", 1)[1]
+    assert hint.startswith("vaerun train ") and "likelihood=gaussian" in hint
+    bindir = os.path.dirname(sys.executable)
+    done = subprocess.run(["bash", "-c", hint], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epoch"] == 2
+
+
+def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
+    run = tmp_path / "run"
+    assert vaerun("train", *SMALL, "trainer.epochs=1", "likelihood=gaussian",
+                  "likelihood.sigma=0.3", f"hydra.run.dir={run}") == 0
+    # the run's recorded overrides are taken; trainer.epochs given here wins over the record
+    assert vaerun("train", "trainer.resume=true", f"hydra.run.dir={run}", "trainer.epochs=2") == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epoch"] == 2 and m["test/sigma"] == pytest.approx(0.3)
+    (run / ".hydra" / "overrides.yaml").write_text("{not: [a list")
+    assert vaerun("train", "trainer.resume=true", f"hydra.run.dir={run}", "trainer.epochs=3") == 2
+
+
+@pytest.mark.parametrize("args, says, not_says", [
+    (["likelihod=gaussian"], "did you mean likelihood=gaussian?", "likelihood.name"),
+    (["modle=conv"], "did you mean model=conv?", "pick a"),
+    (["trainer.epoch=3"], "did you mean trainer.epochs?", "pick a trainer option"),
+    (["likelihood.sigm=0.2", "likelihood=gaussian"], "did you mean likelihood.sigma?",
+     "vaerun train likelihood=... likelihood.sigm"),
+])
+def test_suggestions_name_the_real_thing(vaerun, capsys, args, says, not_says):
+    assert vaerun("train", *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and not_says not in err[0], err
+
+
+def test_no_command_is_an_error_with_the_usage(vaerun, capsys):
+    assert vaerun() == 2
+    err = capsys.readouterr().err
+    assert "usage: vaerun" in err and "error: no command" in err
+
+
+def _dark(img: torch.Tensor, rows: slice, cols: slice) -> bool:
+    return bool((img[:, rows, cols] < 0.5).any())
+
+
+def test_labels_sit_beside_each_row_and_above_each_column():
+    from vaerun.pictures import labelled
+
+    grid = torch.ones(3, 2 + 2 * 30, 2 + 3 * 30)  # 2 rows, 3 columns of white cells
+    out = labelled(grid, 30, "t", ["row a", "row b"], ["1", "2", "3"])
+    top, left = out.shape[1] - grid.shape[1] - 2, out.shape[2] - grid.shape[2]
+    assert top == 16 + 14 and left > 20
+    assert torch.equal(out[:, top: top + grid.shape[1], left:], grid)  # the grid itself, intact
+    for row in range(2):
+        assert _dark(out, slice(top + 2 + 30 * row, top + 30 * (row + 1)), slice(0, left))
+    for col in range(3):
+        assert _dark(out, slice(16, top), slice(left + 2 + 30 * col, left + 30 * (col + 1)))
+    assert _dark(out, slice(0, 16), slice(0, out.shape[2]))  # the title
+
+
+def test_the_pictures_say_what_they_are():
+    torch.manual_seed(0)
+    lik = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 784)
+    vae = VAE(MLP.Config(hidden=16, latent_dim=4), lik, (1, 28, 28)).eval()
+    x = torch.rand(8, 784)
+    for img, rows, cols in ((reconstructions(vae, x), 2, 8), (samples(vae, 16), 2, 8),
+                            (traversals(vae, x, [1, 3], kl_dims=torch.rand(4)), 2, 9)):
+        grid_h, grid_w = 2 + rows * 30, 2 + cols * 30
+        assert img.shape[1] >= grid_h + 16 and img.shape[2] >= grid_w  # a title at least
+        assert _dark(img, slice(0, 14), slice(0, img.shape[2]))  # written in it
