@@ -172,7 +172,7 @@ def test_a_full_disk_is_one_error_line_and_keeps_the_last_checkpoint(small_disk,
     assert "No space left on device" in line and "trainer.resume=true" in line
     agree(run)  # the checkpoint of before loads, and metrics.json says the same
     assert metrics(run)["status"] != "finished"
-    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert not list((run / "checkpoints").glob(".*.vaerun-*.tmp"))
 
 
 @pytest.fixture
@@ -309,11 +309,13 @@ def test_fixed_test_noise_is_drawn_on_the_cpu_whatever_the_device():
 def test_stale_temporary_files_are_cleaned_on_the_next_start(vaerun, tmp_path):
     run = tmp_path / "run"
     assert vaerun("train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}") == 0
-    stale = [run / "checkpoints" / ".last.pt.k1ll3d.tmp", run / ".metrics.json.x.tmp"]
-    for p in stale:
+    stale = [run / "checkpoints" / ".last.pt.vaerun-k1ll3d.tmp", run / ".metrics.json.vaerun-x.tmp"]
+    theirs = [run / ".important.tmp", run / "checkpoints" / ".my.tmp"]  # not vaerun's pattern
+    for p in stale + theirs:
         p.write_bytes(b"half a checkpoint")
     assert vaerun("train", *SMALL, f"hydra.run.dir={run}", "trainer.resume=true") == 0
     assert not any(p.exists() for p in stale)
+    assert all(p.read_bytes() == b"half a checkpoint" for p in theirs)
 
 
 # -- 9, 10: nothing run that was not asked for -------------------------------------------------

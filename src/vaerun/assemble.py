@@ -99,6 +99,7 @@ def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     if training:
         optimizer_kwargs(rc.optimizer)
     check_loss(rc)
+    check_batch(rc)
     check_memory(rc, device)
     return rc
 
@@ -118,6 +119,15 @@ def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
 def objective(cfg: RunConfig, pixels: int) -> Objective:
     """The run's loss as written, for images of `pixels` pixels."""
     return Objective(cfg.loss, cfg.beta, pixels, cfg.model.latent_dim)
+
+
+def check_batch(cfg: RunConfig) -> None:
+    """A batch no larger than the training set."""
+    sizes = Dataset.lookup(cfg.dataset.name).sizes
+    n = cfg.dataset.n_train or (sizes[0] if sizes else None)
+    if n is not None and cfg.trainer.batch_size > n:
+        raise ConfigError("trainer.batch_size", cfg.trainer.batch_size,
+                          f"must be at most the {n} training images (dataset.n_train)")
 
 
 def check_loss(cfg: RunConfig) -> None:
@@ -195,6 +205,10 @@ def _refuse_resume(cfg: RunConfig, run_dir: Path, state: dict[str, Any]) -> None
                       f"{', '.join(changed)}); resume with its overrides or use another "
                       "hydra.run.dir")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
+    if state["status"] == "finished" and state["epoch"] > t.epochs:
+        raise Refused(f"the run in {run_dir} finished {state['epoch']} epochs, more than "
+                      f"trainer.epochs={t.epochs}; resume with trainer.epochs={state['epoch']} "
+                      "or more, or use another hydra.run.dir")
     if state["status"] != "finished" and epoch > t.epochs:
         raise Refused(f"the checkpoint in {run_dir} has begun epoch {epoch} (step "
                       f"{state['step']}), past trainer.epochs={t.epochs}; resume with "

@@ -3,12 +3,16 @@ so a kill at any instant leaves either the previous complete file or the new one
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+TEMP_MARK = ".vaerun-"  # temporaries are .NAME.vaerun-XXXX.tmp: a pattern of vaerun's own
+TEMP_GLOB = f".*{TEMP_MARK}*.tmp"
 
 
 def umask() -> int:
@@ -23,7 +27,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     private 0600, so collaborators on a shared disk can read results."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
@@ -34,6 +38,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except OSError as e:  # a full disk, say: name the file it was for
         Path(tmp).unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(path)) from None
+    except RuntimeError as e:  # torch's zip writer on a full disk ("unexpected pos ...")
+        Path(tmp).unlink(missing_ok=True)
+        if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+            raise
+        st = os.statvfs(path.parent)
+        code = errno.ENOSPC if st.f_bavail * st.f_frsize < 1 << 20 else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -86,6 +86,8 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to "
                         "start the run again") from None
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else ["all"]
+    if not missing and not isinstance(state["config"], dict):
+        missing = ["a config"]
     if missing:
         raise UserError(f"checkpoint {path} is not a vaerun checkpoint (it lacks "
                         f"{', '.join(missing)}); delete it to start the run again")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import enum
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -43,9 +44,15 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38  # the normal float32 range
+
+
 def require_positive(key: str, value: Any) -> None:
-    ok = is_number(value) and math.isfinite(value) and value > 0
-    require(ok, key, value, "must be a finite number > 0")
+    """A number > 0 that float32 holds as a normal number: torch computes in float32, where a
+    denormal or an overflow turns its logarithm into a NaN or an infinity."""
+    ok = is_number(value) and math.isfinite(value) and FLOAT32_TINY <= value <= FLOAT32_MAX
+    require(ok, key, value, f"must be a number > 0 that float32 holds, from {FLOAT32_TINY:.4g} "
+            f"to {FLOAT32_MAX:.4g}")
 
 
 def require_at_least(key: str, value: Any, low: int) -> None:
@@ -145,7 +152,10 @@ class TrainerConfig:
         require_at_least(f"{key}.log_every", self.log_every, 1)
         require_at_least(f"{key}.eval_batch_size", self.eval_batch_size, 1)
         if self.threads is not None:
-            require_at_least(f"{key}.threads", self.threads, 1)
+            most = 4 * (os.cpu_count() or 1)
+            ok = isinstance(self.threads, int) and 1 <= self.threads <= most
+            require(ok, f"{key}.threads", self.threads, f"must be an integer from 1 to {most} "
+                    f"(4 times this machine's {os.cpu_count()} CPUs), or null")
         if self.seed is not None:
             require_seed(f"{key}.seed", self.seed)
         devices = ("auto", "cpu", "cuda", "mps")

@@ -51,6 +51,8 @@ SHOW_FLAGS = ("help", "hydra_help", "cfg", "info")
 # the `_target_`s a config may hold: torch.optim (checked by vaerun.assemble) and Hydra's own
 # launcher and sweeper (Hydra instantiates only its plugins there)
 TARGETS = ("optimizer._target_", "hydra.launcher._target_", "hydra.sweeper._target_")
+PLUGINS = ("hydra_plugins.", "hydra._internal.core_plugins.")  # where Hydra's plugins live
+LOGGING_CLASS = re.compile(r"^logging\.(handlers\.)?[A-Z]\w*$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +233,7 @@ def validate(ns: argparse.Namespace) -> list[DictConfig]:
 
     if not runs_jobs(ns):
         return []
+    refuse_resolvers(list(ns.overrides))
     jobs = []
     for cfg in composed_jobs(ns):
         refuse_instantiation(OmegaConf.to_container(cfg, resolve=False))
@@ -238,8 +241,59 @@ def validate(ns: argparse.Namespace) -> list[DictConfig]:
         jobs.append(cfg)
     if jobs:
         key = "hydra.sweep.dir" if is_multirun(ns) else "hydra.run.dir"
-        refuse_unwritable(key, str(OmegaConf.select(jobs[0], key)))
+        path = str(OmegaConf.select(jobs[0], key))
+        refuse_place(key, path, run=not is_multirun(ns))
+        refuse_unwritable(key, path)
     return jobs
+
+
+# Folders no run may be written into, or below (the root itself only as a folder of its own)
+SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
+          "/sys", "/usr", "/var")
+OWN = ("checkpoints/last.pt", "metrics.json", ".hydra", "train.log")  # a vaerun run holds one
+
+
+def refuse_place(key: str, path: str, run: bool) -> None:
+    """A run directory is new, empty, or a vaerun run; never a file, the root or a system
+    folder. A sweep's folder follows the same rule but may hold job folders and reports."""
+    here = os.path.abspath(path)
+    if here == "/" or any(here == s or here.startswith(s + "/") for s in SYSTEM):
+        raise ConfigError(key, path, f"{here} is a system folder; choose a folder of your own, "
+                          "e.g. under outputs/")
+    if os.path.exists(here) and not os.path.isdir(here):
+        raise ConfigError(key, path, f"{here} is a file, not a folder; choose another path")
+    if not run or not os.path.isdir(here):
+        return
+    try:
+        names = os.listdir(here)
+    except OSError as e:
+        raise ConfigError(key, path, f"{here} cannot be read ({e.strerror})") from None
+    if names and not any(os.path.exists(os.path.join(here, n)) for n in OWN):
+        shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
+        raise ConfigError(key, path, f"{here} holds files vaerun did not write ({shown}); a run "
+                          "directory is new, empty or a vaerun run: choose another folder")
+
+
+RESOLVER_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")  # Hydra's convention
+
+
+def refuse_resolvers(overrides: list[str]) -> None:
+    """In the command line's values only plain ${key} references: a resolver call (now,
+    oc.env, oc.decode, oc.select, oc.create, ...) runs code at composition and stores what
+    it returned. Hydra's own ${now:...} and ${hydra:...} are allowed where Hydra names
+    folders (RESOLVER_KEYS)."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key == "hydra.output_subdir":
+            raise ConfigError(key, value, "vaerun writes each run's record (.hydra/) inside "
+                              "the run itself; remove this override")
+        for name in re.findall(r"\$\{\s*([\w.]+)\s*:", value):
+            if key in RESOLVER_KEYS and name in ("now", "hydra"):
+                continue
+            raise ConfigError(key, value, f"the resolver {name}: is not taken from the command "
+                              "line (only ${now:...} in hydra.run.dir and hydra.sweep.dir); "
+                              "write the value itself")
 
 
 def refuse_unwritable(key: str, path: str) -> None:
@@ -272,9 +326,12 @@ def refuse_instantiation(raw: dict) -> None:
             raise ConfigError(path, value, "vaerun instantiates nothing from a config but "
                               "torch.optim optimizers (optimizer._target_); remove it")
         logging_cfg = path.startswith(("hydra.job_logging.", "hydra.hydra_logging."))
-        if logging_cfg and leaf in ("()", "class") and not str(value).startswith("logging."):
+        if logging_cfg and leaf in ("()", "class") and not LOGGING_CLASS.match(str(value)):
             raise ConfigError(path, value, "logging handlers and formatters must be classes "
-                              "of Python's logging module")
+                              "of Python's logging module (logging.X or logging.handlers.X)")
+        if path in TARGETS[1:] and not str(value).startswith(PLUGINS):
+            raise ConfigError(path, value, "must name one of Hydra's plugins (choose it as "
+                              "hydra/launcher=joblib, submitit_local, slurm, or basic)")
 
 
 def explain(e: BaseException, name: str | None = None, job: list[str] | None = None) -> str:

@@ -34,6 +34,10 @@ from vaerun.distributions import (
 LOG_2PI = math.log(2 * math.pi)
 LINKS = {"sigmoid": torch.sigmoid, "identity": lambda t: t}
 MAX_LOG_SCALE = 20.0  # discretized scales stop at e^20: beyond e^88 float32 overflows to inf
+# The discretized likelihoods' floor on the log scale, on the data's own [0, 1]: a little looser
+# than PixelCNN++'s -7 on its [-1, 1] (-7.69 here, where an interior grey level could take at
+# most 0.973 of the mass, and a soft floor a little less); at -8, 0.994.
+SCALE_FLOOR = -8.0
 
 
 def pixels(base: Distribution) -> Distribution:
@@ -387,7 +391,10 @@ class DiscretizedLogistic(Likelihood):
     """A mixture of `components` logistics per pixel, each integrated over the pixel's bin
     (width 1/255 around k/255, edge bins to ±∞; PixelCNN++): a probability mass on the 256 grey
     levels, so −log p(x|z)/(D ln 2) is bits per 8-bit pixel. Decoder outputs per pixel: mixture
-    logits, locations (through the link), log scales (softly ≥ `min_log_scale`)."""
+    logits, locations, log scales (softly ≥ `min_log_scale`). The locations are the outputs
+    themselves, whatever the model's link, as in PixelCNN++: a location held inside (0, 1) by a
+    sigmoid could not pass beyond an edge bin's only finite edge, which with the floor capped a
+    black or white pixel's probability at 0.8957."""
 
     name = "discretized_logistic"
     support = "8bit"
@@ -396,7 +403,7 @@ class DiscretizedLogistic(Likelihood):
     class Config(LikelihoodConfig):
         name: str = "discretized_logistic"
         components: int = 5
-        min_log_scale: float | None = -7.0
+        min_log_scale: float | None = SCALE_FLOOR
 
         def check(self, key: str) -> None:
             require_at_least(f"{key}.components", self.components, 1)
@@ -410,7 +417,7 @@ class DiscretizedLogistic(Likelihood):
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         k, d = self.cfg.components, self.dim
         parts = out.unflatten(-1, (-1, k, d))  # [..., 3 (logits, loc, log scale), K, D]
-        loc, log_scale = self.link(parts[..., -2, :, :]), parts[..., -1, :, :]
+        loc, log_scale = parts[..., -2, :, :], parts[..., -1, :, :]
         log_scale = soft_floor(log_scale, self.cfg.min_log_scale).clamp(max=MAX_LOG_SCALE)
         comps = BinnedLogistic(loc, log_scale.exp())
         if k == 1:
@@ -423,7 +430,8 @@ class DiscretizedLogistic(Likelihood):
 
 class DiscretizedGaussian(Likelihood):
     """N(f(z), σ²) per pixel, integrated over the same 256 bins as the discretized logistic,
-    with a σ per pixel from the decoder (log σ softly ≥ `min_log_sigma`)."""
+    with a σ per pixel from the decoder (log σ softly ≥ `min_log_sigma`); the locations are the
+    outputs themselves, as the discretized logistic's."""
 
     name = "discretized_gaussian"
     support = "8bit"
@@ -433,7 +441,7 @@ class DiscretizedGaussian(Likelihood):
     class Config(LikelihoodConfig):
         name: str = "discretized_gaussian"
         init_sigma: float = 1.0
-        min_log_sigma: float | None = -7.0
+        min_log_sigma: float | None = SCALE_FLOOR
 
         def check(self, key: str) -> None:
             require_positive(f"{key}.init_sigma", self.init_sigma)
@@ -442,7 +450,7 @@ class DiscretizedGaussian(Likelihood):
     def forward(self, out: Tensor, x: Tensor) -> Distribution:
         raw = out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma)
         sigma = soft_floor(raw, self.cfg.min_log_sigma).clamp(max=MAX_LOG_SCALE).exp()
-        return pixels(BinnedNormal(self.link(out[..., : self.dim]), sigma))
+        return pixels(BinnedNormal(out[..., : self.dim], sigma))
 
     def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
         return (dist if dist is not None else self(out, out)).mean

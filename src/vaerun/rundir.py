@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from vaerun.atomic import write_atomic
+from vaerun.atomic import TEMP_GLOB, write_atomic
 from vaerun.errors import UserError
 
 PID_FILE = ".lock"
@@ -61,11 +61,11 @@ class RunLock:
 
 
 def clean_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Remove the `.NAME.*.tmp` files that a writer killed mid-write left (call it holding the
-    lock: then no writer is running)."""
+    """Remove the temporaries (`.NAME.vaerun-XXXX.tmp`, vaerun's own pattern) that a writer
+    killed mid-write left; no other file (call it holding the lock: then no writer runs)."""
     removed = []
     for folder in (run_dir, run_dir / "checkpoints", run_dir / "images"):
-        for p in folder.glob(".*.tmp") if folder.is_dir() else ():
+        for p in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
-from vaerun.errors import Interrupted, NonFiniteError
+from vaerun.errors import Interrupted, NonFiniteError, Refused, UserError
 from vaerun.evaluate import evaluate_run, write_pictures
 from vaerun.logs import ProgressLines, RunLog, read_metrics
 from vaerun.objective import Meter, elbo_terms, evaluate
@@ -46,7 +46,11 @@ def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None,
     with (contextlib.nullcontext(stop) if stop else StopRequests()) as stop, \
             RunLock(run_dir, "train") as lock, runtime.applied(device, t.threads, t.deterministic):
         stop.check()  # asked to stop before anything started: leave nothing behind
-        session = assemble.start(cfg, run_dir)  # or Refused: nothing written
+        try:
+            session = assemble.start(cfg, run_dir)
+            read_metrics(run_dir / "metrics.json")  # a record it could not update: refused now
+        except UserError as e:  # a run not accepted: its records stay as they were
+            raise Refused(str(e)) from None
         session.opened = opened
         lock.claim()
         clean_stale_temporaries(run_dir)

@@ -1,0 +1,120 @@
+"""Nothing run, nothing deleted, nothing written outside the run: each break the attack
+campaign found, provoked as it did. Every case: one `error:` line, exit 2, no traceback, the
+user's files as they were."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from conftest import SMALL, run_process
+
+
+class Marker:
+    """A pickle whose loading would create a file (what --experimental-rerun unpickles)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def one_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def test_no_hydra_flag_loads_a_file(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(Marker(str(marker))))
+    for command in (["train", "--experimental-rerun", str(evil)],
+                    ["train", *SMALL, "--experimental-rerun", str(evil)],
+                    ["eval", f"run_dir={tmp_path}", "--experimental-rerun", str(evil)]):
+        proc = run_process(command, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert not marker.exists()
+
+
+def test_a_folder_of_the_users_files_is_refused_and_left_as_it_was(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    files = {mine / "notes.txt": b"notes", mine / ".important.tmp": b"keep",
+             mine / "checkpoints" / ".my.tmp": b"keep too"}
+    for p, data in files.items():
+        p.write_bytes(data)
+    line = one_line(run_process(["train", *SMALL, f"hydra.run.dir={mine}"], cwd=tmp_path))
+    assert "did not write" in line and "notes.txt" in line
+    assert all(p.read_bytes() == data for p, data in files.items())
+    assert sorted(p.name for p in mine.rglob("*")) == [".important.tmp", ".my.tmp",
+                                                       "checkpoints", "notes.txt"]
+
+
+@pytest.mark.parametrize("override, says", [
+    ("hydra.run.dir=/", "system folder"),
+    ("hydra.run.dir=/proc", "system folder"),
+    ("hydra.run.dir=/etc/vaerun", "system folder"),
+    ("hydra.run.dir=${oc.env:HOME}/pw", "resolver oc.env"),
+    ("hydra.output_subdir=../../escaped", "hydra.output_subdir"),
+    ("trainer.epochs=${now:%s}", "resolver now"),
+    ("trainer.epochs=${oc.decode:3}", "resolver oc.decode"),
+    ("trainer.epochs=${oc.select:trainer.batch_size}", "resolver oc.select"),
+    ("trainer.threads=100000", "trainer.threads"),
+    ("trainer.batch_size=99999999999999999999", "trainer.batch_size"),
+    ("likelihood.sigma=1e-320", "likelihood.sigma"),
+    ("optimizer.lr=1e-39", "optimizer.lr"),
+    ("+hydra.job_logging.handlers.h.class=logging.config.fileConfig", "logging"),
+    ("hydra.launcher._target_=os.system", "hydra.launcher._target_"),
+])
+def test_bad_places_resolvers_and_bounds_are_one_line(tmp_path, override, says):
+    args = ["train", *SMALL, "likelihood=gaussian", override]
+    if "launcher" in override:
+        args.insert(1, "-m")
+    line = one_line(run_process(args, cwd=tmp_path))
+    assert says in line, line
+    assert not (tmp_path / "outputs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_run_directory_that_is_a_file_is_one_line(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    assert "is a file" in one_line(run_process(["train", *SMALL, f"hydra.run.dir={f}"],
+                                              cwd=tmp_path))
+    assert f.read_text() == "mine"
+
+
+def test_a_refused_resume_writes_nothing_to_the_run(tmp_path):
+    run = tmp_path / "run"
+    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}"],
+                       cwd=tmp_path).returncode == 0
+    (run / "metrics.json").write_text("not json")
+    log = (run / "train.log").read_text()
+    one_line(run_process(["train", *SMALL, "trainer.resume=true", f"hydra.run.dir={run}"],
+                         cwd=tmp_path))
+    assert (run / "train.log").read_text() == log
+    # a finished 2-epoch run asked for 1
+    (run / "metrics.json").unlink()
+    assert run_process(["train", *SMALL, "trainer.resume=true", f"hydra.run.dir={run}"],
+                       cwd=tmp_path).returncode == 0
+    line = one_line(run_process(["train", *SMALL, "trainer.epochs=1", "trainer.resume=true",
+                                 f"hydra.run.dir={run}"], cwd=tmp_path))
+    assert "finished 2 epochs" in line
+
+
+def test_a_checkpoint_whose_config_is_a_string_is_one_line(tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}"],
+                       cwd=tmp_path).returncode == 0
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state["config"] = "a string"
+    torch.save(state, run / "checkpoints" / "last.pt")
+    for command in (["train", *SMALL, "trainer.resume=true", f"hydra.run.dir={run}"],
+                    ["eval", f"run_dir={run}"]):
+        assert "checkpoint" in one_line(run_process(command, cwd=tmp_path))
