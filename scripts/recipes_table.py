@@ -20,7 +20,9 @@ COLUMNS = [("test/implied_sigma", "implied σ", 3), ("test/implied_beta", "impli
            ("test/active_units", "active units", 1), ("test/kl", "KL (nats)", 1),
            ("test/mse", "test MSE", 4), ("test/bits_per_dim", "bits/dim as trained", 3),
            ("test/bits_per_dim_calibrated", "bits/dim, σ calibrated", 3),
-           ("test/sigma_calibrated", "calibrated σ", 3)]
+           ("test/sigma_calibrated", "calibrated σ", 3), ("test/fid_mean", "FID, means", 1),
+           ("test/fid_sample", "FID, draws", 1),
+           ("test/sample_class_entropy", "class entropy (nats)", 2)]
 
 
 def cell(values: list[float], digits: int) -> str:

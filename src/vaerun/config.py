@@ -168,9 +168,11 @@ class EvalConfig:
     iwae_k: int = 100
     batch_size: int = 500
     seed: int = 0
+    quality_images: int = 0  # sample quality (test/fid_*) on this many images; 0: not scored
 
     def check(self, key: str) -> None:
         require_at_least(f"{key}.iwae_k", self.iwae_k, 0)
+        require_at_least(f"{key}.quality_images", self.quality_images, 0)
         require_at_least(f"{key}.batch_size", self.batch_size, 1)
         require_seed(f"{key}.seed", self.seed)
 
@@ -286,7 +288,8 @@ def typed(cfg: DictConfig) -> RunConfig:
 
 HEADLINE = ["test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/nll_iwae",
             "test/bits_per_dim", "test/active_units", "test/implied_sigma", "test/implied_beta",
-            "test/elbo_calibrated", "test/bits_per_dim_calibrated"]  # HParams' metric columns
+            "test/elbo_calibrated", "test/bits_per_dim_calibrated", "test/fid_mean",
+            "test/fid_sample"]  # HParams' metric columns, in this order
 LOSS_KEYS = ("recon", "recon_over_pixels", "recon_over_batch", "recon_weight",
              "kl_over_latents", "kl_over_batch")  # the loss's keys runs are compared by
 PARTS = ("likelihood", "dataset", "model")

@@ -207,6 +207,35 @@ def calibrated(vae: VAE, data: Dataset, cfg: Any, test: dict[str, Any],
     return out
 
 
+@torch.no_grad()
+def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
+    """The second axis (vaerun.quality): Fréchet distances of n decoder means of z ~ p(z), of
+    one draw x ~ p(x|z) each, and of the test images' reconstructions, to the test images in
+    the shipped MNIST classifier's features; and the entropy of its predicted classes over the
+    means; n = eval.quality_images (0: none). {} where the images are no 28×28 digits (the
+    classifier knows digits only)."""
+    n = cfg.eval.quality_images
+    if not n or data.image_shape != (1, 28, 28) or not data.name.startswith("mnist"):
+        return {}
+    from vaerun import quality
+
+    test = data.test[:n]
+    metric = quality.fid_metric(f"{data.name}:{data.cfg!r}:{len(test)}", test)
+    lik, means, draws, recons = vae.likelihood, [], [], []
+    with vae.evaluating(), seeded(cfg.eval.seed, data.test.device):
+        for z in vae.prior().sample((n,)).split(cfg.eval.batch_size):
+            out = vae.decode(z)
+            p = lik(out, out[..., : lik.dim])
+            means.append(lik.mean(out, p))
+            draws.append(p.sample())
+        for x in test.split(cfg.eval.batch_size):
+            recons.append(lik.mean(vae.decode(vae.posterior(x).mean)))
+    fid_mean, entropy = quality.frechet(metric, torch.cat(means))
+    return {"fid_mean": fid_mean, "fid_sample": quality.frechet(metric, torch.cat(draws))[0],
+            "fid_recon": quality.frechet(metric, torch.cat(recons))[0],
+            "sample_class_entropy": entropy}
+
+
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
                  progress: bool = True, poll: Callable[[], None] | None = None
                  ) -> dict[str, float]:
@@ -219,6 +248,9 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
     metrics.update(Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim).implied(
         cfg.trainer.batch_size))
     metrics.update(calibrated(vae, data, cfg, runlog.metrics, progress, poll))
+    if poll is not None:
+        poll()
+    metrics.update(sample_quality(vae, data, cfg))
     if "bits_per_dim" in metrics and "test/elbo" in runlog.metrics:  # the ELBO's bound too
         metrics["bits_per_dim_elbo"] = vae.likelihood.bits_per_dim(
             -runlog.metrics["test/elbo"], data.values)[0]

@@ -73,22 +73,43 @@ def _cell(vae: VAE) -> int:
     return vae.image_shape[-2] + PAD
 
 
-@torch.no_grad()
-def reconstructions(vae: VAE, x: Tensor) -> Tensor:
-    """Row 1: the images; row 2: decoder means f(z) at the posterior means z = E_q[z|x]."""
-    recon = vae.likelihood.mean(vae.decode(vae.posterior(x).mean))
-    grid = make_grid(_images(vae, torch.cat([x, recon])), nrow=len(x), pad_value=1)
-    return labelled(grid, _cell(vae), "reconstructions: decoder means f(z) at z = E_q[z|x]",
-                    ["test image", "reconstruction"])
+def draw(vae: VAE, out: Tensor) -> Tensor:
+    """One draw x ~ p(x|z) for each decoder output: binary for the Bernoulli, f(z) + σ·ε for a
+    Gaussian, a grey level for the discretized likelihoods (not clipped)."""
+    return vae.likelihood(out, out[..., : vae.likelihood.dim]).sample()
+
+
+def _clip_note(*draws: Tensor) -> str:
+    outside = any(bool(((d < 0) | (d > 1)).any()) for d in draws)
+    return " (draws clipped to [0, 1] for display)" if outside else ""
 
 
 @torch.no_grad()
-def samples(vae: VAE, n: int = 64, seed: int = 0) -> Tensor:
-    """Decoder means of z ~ p(z) (the same z every call, so epochs compare)."""
+def reconstructions(vae: VAE, x: Tensor, seed: int = 0) -> Tensor:
+    """Row 1: the images; row 2: decoder means f(z) at the posterior means z = E_q[z|x];
+    row 3: one draw x ~ p(x|z) at the same z."""
+    out = vae.decode(vae.posterior(x).mean)
+    recon = vae.likelihood.mean(out)
+    with seeded(seed, x.device):
+        drawn = draw(vae, out)
+    grid = make_grid(_images(vae, torch.cat([x, recon, drawn])), nrow=len(x), pad_value=1)
+    return labelled(grid, _cell(vae), "reconstructions at z = E_q[z|x]" + _clip_note(drawn),
+                    ["test image", "decoder mean", "one draw"])
+
+
+@torch.no_grad()
+def samples(vae: VAE, n: int = 32, seed: int = 0) -> Tensor:
+    """For the same z ~ p(z) (the same every call, so epochs compare): rows of 8 decoder means
+    f(z), each above a row of one draw x ~ p(x|z) each."""
     with seeded(seed, vae.prior_loc.device):
         z = vae.prior().sample((n,))
-    grid = make_grid(_images(vae, vae.likelihood.mean(vae.decode(z))), nrow=8, pad_value=1)
-    return labelled(grid, _cell(vae), f"samples: decoder means f(z) of {n} z ~ p(z)")
+        out = vae.decode(z)
+        drawn = draw(vae, out)
+    means = vae.likelihood.mean(out)
+    rows = torch.stack([means.unflatten(0, (-1, 8)), drawn.unflatten(0, (-1, 8))], 1)
+    grid = make_grid(_images(vae, rows.reshape(-1, means.shape[-1])), nrow=8, pad_value=1)
+    return labelled(grid, _cell(vae), "samples of z ~ p(z)" + _clip_note(drawn),
+                    ["decoder mean", "one draw"] * (len(rows)))
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ kl_per_dim.json and images/: files its evaluation wrote; it builds no model), gr
 that differ only in `trainer.seed`, and writes into PATH:
 report.csv and report.md (mean ± std over seeds of every test metric, n), and the figures of
 vaerun.plots: rate_distortion.png, sweep.png, curves.png, samples.png, and where the runs have
-them bits_per_dim.png and kl_per_dim.png. Every file is made in memory first, so a run that
-cannot be read leaves no half-written report.
+them bits_per_dim.png, kl_per_dim.png and quality.png (bits/dim against fid_mean). Every file
+is made in memory first, so a run that cannot be read leaves no half-written report.
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from vaerun.sweeps import SEED, Group, Run, find_runs, group_runs, is_number, va
 
 FIRST = ["test/loss", "test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/bce",
          "test/nll_iwae", "test/nll_exact", "test/bits_per_dim", "test/bits_per_dim_elbo",
-         "test/active_units", "test/sigma", "test/sigma_optimal"]
+         "test/active_units", "test/sigma", "test/sigma_optimal", "test/fid_mean",
+         "test/fid_sample", "test/fid_recon", "test/sample_class_entropy"]
 UNITS = {"mse": "per pixel", "sigma": "", "sigma_optimal": "", "bits_per_dim": "bits/dim",
          "bits_per_dim_elbo": "bits/dim", "active_units": "count", "iwae_k": "samples",
          "ppca_active_units": "count", "ppca_sigma": "", "sigma_geomean": "",
-         "sigma_optimal_geomean": "", "iwae_seconds": "s", "nll_exact": "nats"}
+         "sigma_optimal_geomean": "", "iwae_seconds": "s", "nll_exact": "nats", "fid_mean": "",
+         "fid_sample": "", "fid_recon": "", "implied_sigma": "", "implied_beta": "",
+         "sigma_calibrated": "", "bits_per_dim_calibrated": "bits/dim",
+         "bits_per_dim_elbo_calibrated": "bits/dim"}
 
 
 def metric_names(groups: list[Group]) -> list[str]:
@@ -109,6 +113,8 @@ def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
         out["bits_per_dim.png"] = plots.bits_per_dim(groups)
     if any(g.values("test/ppca_kl") for g in groups):
         out["kl_per_dim.png"] = plots.kl_per_dim(groups)
+    if any(g.values("test/fid_mean") and g.values("test/bits_per_dim") for g in groups):
+        out["quality.png"] = plots.quality(groups)
     return out
 
 
