@@ -36,7 +36,11 @@ def cell(values: list[float], digits: int) -> str:
 
 def main(out: Path) -> int:
     rows: dict[str, list[tuple[Path, dict, dict]]] = {}
-    for m in sorted(out.glob("*/metrics.json")):
+    def job_number(path: Path) -> int:  # sweep folders are N_overrides: in the sweep's order
+        head = path.parent.name.split("_", 1)[0]
+        return int(head) if head.isdigit() else 1 << 30
+
+    for m in sorted(out.glob("*/metrics.json"), key=job_number):
         metrics = json.loads(m.read_text())
         if metrics.get("status") != "finished":
             continue

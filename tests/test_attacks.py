@@ -60,6 +60,7 @@ def test_a_folder_of_the_users_files_is_refused_and_left_as_it_was(tmp_path):
     ("hydra.run.dir=/proc", "system folder"),
     ("hydra.run.dir=/etc/vaerun", "system folder"),
     ("hydra.run.dir=${oc.env:HOME}/pw", "resolver oc.env"),
+    ("hydra.launcher.n_jobs=${oc.decode:2}", "resolver oc.decode"),
     ("hydra.output_subdir=../../escaped", "hydra.output_subdir"),
     ("trainer.epochs=${now:%s}", "resolver now"),
     ("trainer.epochs=${oc.decode:3}", "resolver oc.decode"),

@@ -27,7 +27,7 @@ def composed(*overrides: str):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("vaerun.conf", version_base="1.3"):
-            return compose("train", ["dataset.n_train=1", "dataset.n_test=2",
+            return compose("train", ["dataset.n_train=1000", "dataset.n_test=2",
                                      "trainer.device=cpu", *overrides])
     finally:
         GlobalHydra.instance().clear()

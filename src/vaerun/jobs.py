@@ -291,9 +291,10 @@ def refuse_resolvers(overrides: list[str]) -> None:
         for name in re.findall(r"\$\{\s*([\w.]+)\s*:", value):
             if key in RESOLVER_KEYS and name in ("now", "hydra"):
                 continue
-            raise ConfigError(key, value, f"the resolver {name}: is not taken from the command "
-                              "line (only ${now:...} in hydra.run.dir and hydra.sweep.dir); "
-                              "write the value itself")
+            what = " (environment variables are not read into a run)" if name == "oc.env" else ""
+            raise ConfigError(key, value, f"the resolver {name}:{what} is not taken from the "
+                              "command line (only ${now:...} in hydra.run.dir and "
+                              "hydra.sweep.dir); write the value itself")
 
 
 def refuse_unwritable(key: str, path: str) -> None:
