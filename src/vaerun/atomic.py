@@ -23,10 +23,12 @@ def umask() -> int:
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call `write(f)` on a temporary file beside `path`, fsync it, and rename it onto `path`.
+    Its folder is made if missing, but not the folder above it: a run directory removed while
+    it runs is an OSError, not made again.
     The file gets the mode a plain open() would give it (0666 less the umask), not mkstemp's
     private 0600, so collaborators on a shared disk can read results."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(exist_ok=True)  # a folder of the run, never the run itself again
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())

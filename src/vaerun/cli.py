@@ -131,6 +131,9 @@ def _run_job(cfg, run_dir: Path, stop) -> int:
             _log_to_file(str(e))
         return error(str(e), e.exit_code)
     except OSError as e:
+        if not run_dir.is_dir():
+            return error(f"{run_dir} was removed while the run wrote to it ({e.strerror or e}); "
+                         "nothing of it is left to resume: start it again")
         _log_to_file(write_error(e))
         return error(write_error(e))
     except Interrupted as e:
