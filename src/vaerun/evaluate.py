@@ -37,7 +37,7 @@ from vaerun.data import Dataset
 from vaerun.logs import ProgressLines, RunLog
 from vaerun.model import VAE
 from vaerun.objective import Objective, evaluate, seeded
-from vaerun.pictures import all_pictures, save_png
+from vaerun.pictures import all_pictures, draw, save_png
 
 log = logging.getLogger("vaerun")
 
@@ -139,6 +139,11 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
     return out
 
 
+def train_images(data: Dataset) -> Tensor:
+    """All training images with one fixed draw of their noise (binarisation, dequantisation)."""
+    return data.batch(torch.arange(len(data.train), device=data.train.device), data.noise(0))
+
+
 @torch.no_grad()
 def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
     """Where p(x|z) = N(f(z), σ²I): the pPCA reference at this σ (any model), and for a linear
@@ -148,8 +153,7 @@ def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
     if iso is None:
         return {}
     sigma, learned = iso
-    spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", data.batch(
-        torch.arange(len(data.train), device=data.train.device), data.noise(0)))
+    spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", train_images(data))
     latent = vae.latent_dim
     out = spec.reference(data.test, spec.sigma_ml(latent) if learned else sigma, latent)
     out["ppca_kl_dims"] = spec.kl_dims(out["ppca_sigma"], latent)
@@ -172,7 +176,7 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
 
 
 @torch.no_grad()
-def calibrated(vae: VAE, data: Dataset, cfg: Any, test: dict[str, Any],
+def calibrated(vae: VAE, data: Dataset, cfg: Any, obj: Objective, test: dict[str, Any],
                progress: bool = True, poll: Callable[[], None] | None = None) -> dict[str, float]:
     """For a fixed-σ Gaussian: the same encoder and decoder with σ set to its maximum-likelihood
     value on the training images, σ² = their MSE (z ~ q, as the ELBO draws it): the test ELBO at
@@ -181,10 +185,8 @@ def calibrated(vae: VAE, data: Dataset, cfg: Any, test: dict[str, Any],
     lik = vae.likelihood
     if lik.name != "gaussian" or "test/mse" not in test:
         return {}
-    obj = Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim)
-    train = data.batch(torch.arange(len(data.train), device=data.train.device), data.noise(0))
     with vae.evaluating():
-        mse = evaluate(vae, train, obj, cfg.eval.batch_size, cfg.eval.seed)["mse"]
+        mse = evaluate(vae, train_images(data), obj, cfg.eval.batch_size, cfg.eval.seed)["mse"]
     sigma, d = math.sqrt(mse), data.dim
     out = {"sigma_calibrated": sigma, "elbo_calibrated": -d * test["test/mse"] / (2 * mse)
            - 0.5 * d * math.log(2 * math.pi * mse) - test["test/kl"]}
@@ -225,9 +227,8 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     with vae.evaluating(), seeded(cfg.eval.seed, data.test.device):
         for z in vae.prior().sample((n,)).split(cfg.eval.batch_size):
             out = vae.decode(z)
-            p = lik(out, out[..., : lik.dim])
-            means.append(lik.mean(out, p))
-            draws.append(p.sample())
+            means.append(lik.mean(out))
+            draws.append(draw(vae, out))
         for x in test.split(cfg.eval.batch_size):
             recons.append(lik.mean(vae.decode(vae.posterior(x).mean)))
     fid_mean, entropy = quality.frechet(metric, torch.cat(means))
@@ -245,9 +246,9 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
         poll()
     variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
     metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress, poll)
-    metrics.update(Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim).implied(
-        cfg.trainer.batch_size))
-    metrics.update(calibrated(vae, data, cfg, runlog.metrics, progress, poll))
+    obj = Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim)
+    metrics.update(obj.implied(cfg.trainer.batch_size))
+    metrics.update(calibrated(vae, data, cfg, obj, runlog.metrics, progress, poll))
     if poll is not None:
         poll()
     metrics.update(sample_quality(vae, data, cfg))

@@ -66,11 +66,10 @@ def parse(args: list[str]) -> argparse.Namespace:
     lets through; any other flag is a UserError."""
     p = _Parser(prog="vaerun train", add_help=False, allow_abbrev=False)
     for names, kind, choices in HYDRA_FLAGS:
-        dest = names[0].lstrip("-").replace("-", "_")
         if kind == "flag":
-            p.add_argument(*names, dest=dest, action="store_true")
+            p.add_argument(*names, dest=_dest(names), action="store_true")
         else:
-            p.add_argument(*names, dest=dest, choices=choices,
+            p.add_argument(*names, dest=_dest(names), choices=choices,
                            nargs="?" if kind == "optional" else None,
                            const="all" if kind == "optional" else None)
     p.add_argument("overrides", nargs="*")
@@ -79,6 +78,16 @@ def parse(args: list[str]) -> argparse.Namespace:
             raise UserError(f"{a.split('=')[0]} is not a flag vaerun passes to Hydra (only "
                             f"{', '.join(n[0] for n, _, _ in HYDRA_FLAGS)}); remove it")
     return p.parse_intermixed_args(args)
+
+
+def _dest(names: tuple[str, ...]) -> str:
+    """The namespace attribute of a flag (--config-name: config_name)."""
+    return names[0].lstrip("-").replace("-", "_")
+
+
+def override_key(override: str) -> str:
+    """The key an override sets (`+trainer.x=1`, `~trainer.x`: trainer.x)."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _known_flag(arg: str) -> bool:
@@ -90,7 +99,7 @@ def hydra_argv(ns: argparse.Namespace, overrides: list[str]) -> list[str]:
     """The command line handed to Hydra: the parsed flags first, then the overrides."""
     out: list[str] = []
     for names, kind, _ in HYDRA_FLAGS:
-        value = getattr(ns, names[0].lstrip("-").replace("-", "_"))
+        value = getattr(ns, _dest(names))
         if kind == "flag" and value:
             out.append(names[0])
         elif kind != "flag" and value is not None:
@@ -100,7 +109,7 @@ def hydra_argv(ns: argparse.Namespace, overrides: list[str]) -> list[str]:
 
 def _given(overrides: list[str]) -> dict[str, str]:
     """key -> value of `key=value` overrides (the last of a key wins, as in Hydra)."""
-    return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    return {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
 
 
 def with_recorded_overrides(ns: argparse.Namespace) -> argparse.Namespace:
@@ -125,7 +134,7 @@ def with_recorded_overrides(ns: argparse.Namespace) -> argparse.Namespace:
     if not isinstance(recorded, list) or not all(isinstance(o, str) for o in recorded):
         raise UserError(f"{path} is not a list of overrides; give the run's overrides yourself, "
                         "or restore the file")
-    rest = [o for o in recorded if "=" in o and o.split("=", 1)[0].lstrip("+~") not in given]
+    rest = [o for o in recorded if "=" in o and override_key(o) not in given]
     return argparse.Namespace(**{**vars(ns), "overrides": [*rest, *ns.overrides]})
 
 
@@ -134,7 +143,7 @@ def resume_command(run_dir: str, overrides: list[str]) -> str:
     import shlex
 
     keep = [o for o in overrides
-            if o.split("=", 1)[0].lstrip("+~") not in ("trainer.resume", "hydra.run.dir")]
+            if override_key(o) not in ("trainer.resume", "hydra.run.dir")]
     return " ".join(["vaerun train", *map(shlex.quote, keep), "trainer.resume=true",
                      shlex.quote(f"hydra.run.dir={run_dir}")])
 
@@ -370,7 +379,7 @@ def unknown_key(key: str, name: str | None, job: list[str]) -> str:
     """One line for an override of a key the config lacks: the nearest group (with the value
     given, where it is that group's option) or key, and a group's options where it has several."""
     value = next((o.split("=", 1)[1] for o in job
-                  if o.split("=", 1)[0].lstrip("+~") == key and "=" in o), "...")
+                  if override_key(o) == key and "=" in o), "...")
     if "." not in key:
         close = difflib.get_close_matches(key, GROUPS, n=1, cutoff=0.6)
         if close:
@@ -392,7 +401,7 @@ def _keys(name: str, job: list[str], bad: str) -> list[str]:
     `_composer`)."""
     from hydra import compose
 
-    rest = [o for o in job if o.split("=", 1)[0].lstrip("+~") != bad]
+    rest = [o for o in job if override_key(o) != bad]
     try:
         cfg = compose(name, rest, return_hydra_config=True)
     except Exception:  # noqa: BLE001 (a hint only)
@@ -421,7 +430,7 @@ def name_by_swept_keys(args: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [a for a in args if not a.startswith("-")]
-    if any(a.split("=")[0].lstrip("+~") == EXCLUDE_KEY for a in overrides):
+    if any(override_key(a) == EXCLUDE_KEY for a in overrides):
         return args
     parsed = OverridesParser.create().parse_overrides(overrides)
     if not any(o.is_sweep_override() for o in parsed):
@@ -442,7 +451,7 @@ def run_name(overrides: list[str], when: datetime | None = None) -> str:
     skip = set(always_excluded())
     given = {}  # key -> key=value, the last one of a key winning (as in Hydra)
     for o in overrides:
-        key = o.split("=")[0].lstrip("+~")
+        key = override_key(o)
         if not key.startswith("hydra") and key not in skip:
             given[key] = o.lstrip("+~")
     what = ",".join(sorted(given.values())).replace("/", "_") or "default"
@@ -472,7 +481,7 @@ def compared_keys() -> list[str]:
 
     hc = HydraConfig.get()
     skip = set(hc.job.config.override_dirname.exclude_keys or [])
-    keys = [o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task if "=" in o]
+    keys = [override_key(o) for o in hc.overrides.task if "=" in o]
     return [k for k in dict.fromkeys(keys) if k not in skip and not k.startswith("hydra")]
 
 

@@ -66,13 +66,11 @@ def _train(session: Session, stop: StopRequests, compare: list[str]) -> dict[str
     note = session.vae.likelihood.explain(session.data.values)
     if note:  # what the likelihood is on these data: chosen on purpose, so a note
         log.info("note: %s", note)
-    objective = assemble.objective(session.cfg, session.data.dim)
-    log.info("%s", objective.describe(session.cfg.trainer.batch_size,
-                                      session.cfg.likelihood.name))
     p = session.progress
     runlog = RunLog(session.run_dir, purge_step=p.step + 1 if session.resumed else None)
-    trainer = Trainer(session, runlog, stop)
-    trainer.compare = compare
+    trainer = Trainer(session, runlog, stop, compare)
+    log.info("%s", trainer.objective.describe(session.cfg.trainer.batch_size,
+                                              session.cfg.likelihood.name))
     try:
         metrics = trainer.run()
     except NonFiniteError as e:
@@ -97,14 +95,15 @@ class Trainer:
     """One run's loop over epochs, with its logs and checkpoints. A step makes no host-device
     sync: the loss is checked for NaN or Inf on the logging steps, where the meter is read."""
 
-    def __init__(self, session: Session, runlog: RunLog, stop: StopRequests):
+    def __init__(self, session: Session, runlog: RunLog, stop: StopRequests,
+                 compare: list[str] | tuple = ()):
         self.s, self.runlog, self.stop = session, runlog, stop
         self.cfg, self.p = session.cfg, session.progress
         self.n, self.bs = len(session.data.train), self.cfg.trainer.batch_size
         self.steps_per_epoch = math.ceil(self.n / self.bs)
         self.noise = torch.Generator(device=session.device)  # reseeded every step
         self.last_loss: float | None = None
-        self.compare: list[str] = []  # the keys the command varied (HParams' first columns)
+        self.compare = list(compare)  # the keys the command varied (HParams' first columns)
         self.objective = assemble.objective(self.cfg, session.data.dim)
         self.terms_of = torch.compile(elbo_terms) if self.cfg.trainer.compile else elbo_terms
 
