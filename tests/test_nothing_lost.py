@@ -114,6 +114,9 @@ def test_a_command_hands_the_signal_handlers_back_and_the_first_signal_wins():
         assert all(signal.getsignal(s) is mine for s in before)
         with StopRequests() as again:
             assert not again.requested
+        with StopRequests(then_ignore=True):  # the `vaerun` command's own process
+            pass
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in before)
     finally:
         for s, h in before.items():
             signal.signal(s, h)

@@ -278,11 +278,15 @@ def report_main(args: list[str]) -> int:
 
 
 def run() -> None:
-    """The `vaerun` command: `main()`, then exit with its status."""
-    raise SystemExit(main())
+    """The `vaerun` command: `main()` in a process of its own, then exit with its status."""
+    raise SystemExit(main(own_process=True))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """Run one command; its exit status. An in-process caller gets its signal handlers back
+    when it returns; in the command's own process (`own_process`) the stop signals are left
+    ignored instead, so one that arrives after everything is written, while the interpreter
+    exits (a while, after torch), changes nothing."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # a command is needed: the usage, as an error
         print(USAGE, end="", file=sys.stderr)
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # first thing: a signal from now on is a stop request, until the command returns
         saves = "checkpoint" if command == "train" else ""
-        with StopRequests(saves=saves) as stop:
+        with StopRequests(saves=saves, then_ignore=own_process) as stop:
             hook, threading.excepthook = threading.excepthook, _quiet_thread_write_errors
             try:
                 code = train_main(rest, stop) if command == "train" else eval_main(rest, stop)

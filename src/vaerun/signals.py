@@ -4,7 +4,8 @@ evaluation poll at safe points (after a step, between chunks of importance sampl
 then writes its checkpoint and exits with 128 + the signal.
 
 A command installs its `StopRequests` first thing, so a signal during start-up is a stop
-request too, never a KeyboardInterrupt, and hands the previous handlers back when it ends. The
+request too, never a KeyboardInterrupt, and hands the previous handlers back when it ends (or,
+in the `vaerun` command's own process, leaves the signals ignored while it exits). The
 first signal to be handled sets the exit status; later ones while stopping are noted and
 ignored, so the checkpoint is always written.
 """
@@ -28,9 +29,11 @@ class StopRequests:
     Outside the main thread (where Python allows no handler) it installs nothing and is a
     flag no signal sets."""
 
-    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, saves: str = "checkpoint"):
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS, saves: str = "checkpoint",
+                 then_ignore: bool = False):
         self.signals = signals
         self.saves = saves  # what stopping writes, for the log line
+        self.then_ignore = then_ignore  # at exit ignore the signals, not restore the old handlers
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
@@ -59,5 +62,5 @@ class StopRequests:
 
     def __exit__(self, *exc: object) -> None:
         for s, h in self._old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if self.then_ignore else h)
         self._old = {}
