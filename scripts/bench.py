@@ -14,8 +14,9 @@ it measures seconds per epoch of:
       of its own, with both of vaerun's speed settings: fused Adam and subnormal floats
       flushed to zero (which vaerun sets before torch starts its threads);
   (d) whole processes, as users run them: `vaerun train trainer.epochs=5` (start-up, 5 epochs,
-      the end-of-run IWAE evaluation and pictures) and the start-up alone
-      (`vaerun train trainer.epochs=0 eval.iwae_k=0`), against the bare loop's 5 epochs;
+      the end-of-run IWAE evaluation, sample quality and pictures) and the start-up alone
+      (`vaerun train trainer.epochs=0 eval.iwae_k=0 eval.quality_images=0`), against the bare
+      loop's 5 epochs;
 
 round-robin (one epoch, or one process, of each per round, a warm-up round first), as the
 median (and min, max) over --epochs rounds. It also prints the model's matmul
@@ -152,6 +153,7 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
 
     run = out / f"vaerun_{int(compile_)}_{log_every}"
     args = [f"trainer.batch_size={batch_size}", f"trainer.device={device}", "eval.iwae_k=0",
+            "eval.quality_images=0",
             f"trainer.compile={str(compile_).lower()}", "trainer.resume=true",
             f"hydra.run.dir={run}"]
     args += [f"trainer.log_every={log_every}"] if log_every else []
@@ -355,7 +357,8 @@ def main() -> int:
             loops["d_process_default_5_epochs"] = bench_process(
                 tmp, "default", ["trainer.epochs=5"], a.threads, a.device)
             loops["d_process_startup"] = bench_process(
-                tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0"], a.threads, a.device)
+                tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0", "eval.quality_images=0"],
+                a.threads, a.device)
         measure(loops)
         for epoch in loops.values():
             getattr(epoch, "close", lambda: None)()

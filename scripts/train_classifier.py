@@ -3,7 +3,7 @@
 bundled training set, with a fixed seed, and write its weights into the source tree
 (src/vaerun/bundled/classifier/lenet.pt) with their SHA-256 and test accuracy:
 
-    python scripts/train_classifier.py [--epochs 4] [--out src/vaerun/bundled/classifier]
+    python scripts/train_classifier.py [--epochs 10] [--out src/vaerun/bundled/classifier]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def bundled(name: str) -> torch.Tensor:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("src/vaerun/bundled/classifier"))
     a = p.parse_args()

@@ -168,7 +168,7 @@ class EvalConfig:
     iwae_k: int = 100
     batch_size: int = 500
     seed: int = 0
-    quality_images: int = 0  # sample quality (test/fid_*) on this many images; 0: not scored
+    quality_images: int = 10000  # sample quality (test/fid_*) on this many images; 0: not scored
 
     def check(self, key: str) -> None:
         require_at_least(f"{key}.iwae_k", self.iwae_k, 0)

@@ -214,9 +214,9 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     """The second axis (vaerun.quality): Fréchet distances of n decoder means of z ~ p(z), of
     one draw x ~ p(x|z) each, and of the test images' reconstructions, to the test images in
     the shipped MNIST classifier's features; and the entropy of its predicted classes over the
-    means; n = eval.quality_images (0: none). {} where the images are no 28×28 digits (the
-    classifier knows digits only)."""
-    n = cfg.eval.quality_images
+    means; n = eval.quality_images (0: none), at most the number of test images. {} where the
+    images are no 28×28 digits (the classifier knows digits only)."""
+    n = min(cfg.eval.quality_images, len(data.test))
     if not n or data.image_shape != (1, 28, 28) or not data.name.startswith("mnist"):
         return {}
     from vaerun import quality
