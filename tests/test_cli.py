@@ -26,6 +26,7 @@ CASES = {
     "conv": (["model=conv", "likelihood=gaussian"], GAUSSIAN),
     "discretized-logistic": (["likelihood=discretized_logistic"], []),
     "discretized-gaussian": (["likelihood=discretized_gaussian"], []),
+    "logistic": (["likelihood=logistic", "dataset.dequantize=true"], []),
     "linear": (["model=linear", "likelihood=gaussian"], GAUSSIAN),
 }
 

@@ -67,6 +67,7 @@ def trainer(tmp_path, *overrides: str) -> Trainer:
     ("likelihood=gaussian_learned", "likelihood.variance=decoder", "dataset.dequantize=true"),
     ("likelihood=laplace",),
     ("likelihood=discretized_logistic",),
+    ("likelihood=logistic", "dataset.dequantize=true"),
     ("model=conv", "model.channels=4", "model.hidden=16"),
 ], ids=lambda o: ",".join(o) or "default")
 def test_twenty_training_steps_make_no_host_device_sync(tmp_path, overrides):

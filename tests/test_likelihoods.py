@@ -393,3 +393,58 @@ def test_pixel_mixture_is_torchs_mixture_same_family():
     draws = ours.sample((500,))
     assert draws.shape == (500, 2, 30) and set((draws * 255).round().unique().tolist()) <= set(
         range(256))
+
+
+def logistic_log_density(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """log p(y) of the logistic, in float64: −t − log s − 2·log(1 + e^{−t})."""
+    y, loc, scale = y.double(), loc.double(), scale.double()
+    t = (y - loc) / scale
+    return -t - scale.log() - 2 * F.softplus(-t)
+
+
+def test_logistic_density_holds_at_extreme_parameters():
+    from vaerun.distributions import Logistic
+
+    loc = torch.tensor([0.0, 0.0, 5.0, -3.0, 0.5, 0.5])
+    scale = torch.tensor([1.0, 1e-3, 1e-4, 2.0, math.exp(-8), math.exp(20)])
+    y = torch.tensor([0.3, 0.9, -4.0, 100.0, 0.5, 1e-6])
+    got = Logistic(loc, scale).log_prob(y).double()
+    torch.testing.assert_close(got, logistic_log_density(y, loc, scale), rtol=1e-6, atol=1e-5)
+    assert got[1] < -800 and got[2] < -8e4  # no clamp: ~900 and ~9e4 nats from the mode
+
+
+@pytest.mark.parametrize("components", [1, 5])
+def test_logistic_likelihood_is_the_mixture_of_logistic_densities(components):
+    lik = make("logistic", components=components)
+    k = components
+    g = torch.Generator().manual_seed(5)
+    out = torch.randn(4, lik.params_per_pixel * D, generator=g)
+    parts = out.unflatten(-1, (-1, k, D))
+    log_scale = soft_floor_ref(parts[:, -1], -8.0)
+    per = logistic_log_density(GREY[:4].unsqueeze(1), parts[:, -2], log_scale.exp())
+    if k > 1:
+        per = per + torch.log_softmax(parts[:, 0].double(), 1)
+    want = torch.logsumexp(per, 1).sum(-1)
+    torch.testing.assert_close(lik(out, GREY[:4]).log_prob(GREY[:4]).double(), want,
+                               rtol=1e-5, atol=1e-2)
+    mean = lik.mean(out)
+    pi = torch.softmax(parts[:, 0], 1) if k > 1 else torch.ones_like(parts[:, -2])
+    torch.testing.assert_close(mean, (pi * parts[:, -2]).sum(1))
+
+
+def soft_floor_ref(raw: torch.Tensor, m: float) -> torch.Tensor:
+    return m + F.softplus(raw.double() - m)
+
+
+def test_logistic_density_integrates_to_one_and_is_a_density_on_dequantised_pixels():
+    lik = make("logistic", components=3)
+    g = torch.Generator().manual_seed(6)
+    out = torch.randn(1, lik.params_per_pixel * D, generator=g) * 0.5
+    out.unflatten(-1, (3, 3, D))[0, 2] -= 2.5  # scales about e^-2.5: all mass well inside [-4, 5]
+    grid = torch.linspace(-4, 5, 90001)
+    dist = lik(out, GREY[:1]).base_dist  # per pixel, [1, D]
+    dens = dist.log_prob(grid[:, None, None].expand(-1, 1, D)).exp()
+    mass = torch.trapezoid(dens.double(), grid.double(), dim=0)
+    torch.testing.assert_close(mass, torch.ones_like(mass), atol=2e-4, rtol=0)
+    assert lik.bits_per_dim(0.0, "continuous")[0] == pytest.approx(8.0)
+    assert lik.bits_per_dim(0.0, "8bit")[0] is None

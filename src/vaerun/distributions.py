@@ -7,6 +7,7 @@
   level x = k/255 of the bin it falls in, bins of width 1/255 centred on k/255, the edge bins
   reaching to ±∞ (PixelCNN++, Salimans et al. 2017). log_prob is the log mass of x's bin,
   computed in log space.
+- `Logistic`: torch's logistic (a transformed Uniform), with the mean it lacks.
 - `PixelMixture`: torch's MixtureSameFamily with the components on the second-to-last axis
   ([..., K, D]) instead of the last, the layout the decoder's outputs have.
 """
@@ -62,11 +63,23 @@ class StableContinuousBernoulli(ContinuousBernoulli):
         return torch.where(small, series, exact)
 
 
-def logistic(loc: Tensor, scale: Tensor) -> TransformedDistribution:
-    """The logistic distribution, as torch builds it: a transformed Uniform(0, 1)."""
-    base = Uniform(torch.zeros_like(loc), torch.ones_like(loc), validate_args=False)
-    return TransformedDistribution(base, [SigmoidTransform().inv, AffineTransform(loc, scale)],
-                                   validate_args=False)
+class Logistic(TransformedDistribution):
+    """The logistic distribution, as torch builds it (Uniform(0, 1) through the logit and an
+    affine map: log p(y) = −t − log s − 2·softplus(−t), t = (y − μ)/s), with its mean μ."""
+
+    def __init__(self, loc: Tensor, scale: Tensor):
+        self.loc, self.scale = torch.broadcast_tensors(loc, scale)
+        base = Uniform(torch.zeros_like(self.loc), torch.ones_like(self.loc), validate_args=False)
+        super().__init__(base, [SigmoidTransform().inv, AffineTransform(self.loc, self.scale)],
+                         validate_args=False)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+
+def logistic(loc: Tensor, scale: Tensor) -> Logistic:
+    return Logistic(loc, scale)
 
 
 class Binned(Distribution):
