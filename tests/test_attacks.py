@@ -130,3 +130,41 @@ def test_a_removed_run_directory_is_not_made_again(tmp_path):
     assert not gone.exists()
     write_atomic(tmp_path / "images" / "samples.png", lambda f: f.write(b"png"))  # a run's folder
     assert (tmp_path / "images" / "samples.png").read_bytes() == b"png"
+
+
+ARRIVAL = """
+import os, signal, threading, time
+import torch
+from vaerun.signals import StopRequests
+
+a = torch.randn(2000, 2000, dtype=torch.float64)
+inside = threading.Event()
+
+def send():  # both arrive while the main thread is inside one long torch call
+    inside.wait()
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)
+
+with StopRequests(saves="") as stop:
+    threading.Thread(target=send).start()
+    inside.set()
+    for _ in range(20):  # each call about a second; on until both were handled
+        torch.linalg.eigh(a @ a.T)
+        if stop.requested:
+            break
+    print("first", stop.signum)
+"""
+
+
+def test_the_first_signal_to_arrive_sets_the_status_even_when_two_arrive_together(tmp_path):
+    """SIGTERM then SIGINT while the main thread is in one long torch call: Python runs their
+    handlers in the order of their numbers (SIGINT first); the status is the first to arrive."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", ARRIVAL], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "first 15" in proc.stdout, proc.stdout + proc.stderr
+    assert "signal 2: already stopping (on signal 15)" in proc.stderr, proc.stderr

@@ -6,13 +6,20 @@ then writes its checkpoint and exits with 128 + the signal.
 A command installs its `StopRequests` first thing, so a signal during start-up is a stop
 request too, never a KeyboardInterrupt, and hands the previous handlers back when it ends (or,
 in the `vaerun` command's own process, leaves the signals ignored while it exits). The
-first signal to be handled sets the exit status; later ones while stopping are noted and
-ignored, so the checkpoint is always written.
+first signal to arrive sets the exit status; later ones while stopping are noted and ignored,
+so the checkpoint is always written.
+
+Python runs the handlers of signals that arrive together (while the main thread is inside one
+long torch call) in the order of their numbers, not of their arrival: SIGTERM then SIGINT
+10 ms apart would be handled as SIGINT first. The C-level handler writes each signal's number
+to the wakeup fd (`signal.set_wakeup_fd`) the moment it arrives, so the first handler reads the
+arrival order back from there.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -36,6 +43,7 @@ class StopRequests:
         self.then_ignore = then_ignore  # at exit ignore the signals, not restore the old handlers
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._wakeup: tuple[int, int, int] | None = None  # (read end, write end, previous fd)
 
     @property
     def requested(self) -> bool:
@@ -46,17 +54,34 @@ class StopRequests:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
+    def _arrived_first(self, signum: int) -> int:
+        """The first signal to arrive, read from the wakeup fd (else `signum`)."""
+        if self._wakeup is None:
+            return signum
+        try:
+            first = os.read(self._wakeup[0], 64)[:1]
+        except BlockingIOError:
+            return signum
+        return first[0] if first and first[0] in self.signals else signum
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
-            self.signum = signum
-            log.warning("signal %d: stopping at the next safe point; %s", signum,
+            self.signum = self._arrived_first(signum)
+            log.warning("signal %d: stopping at the next safe point; %s", self.signum,
                         f"then writing the {self.saves}" if self.saves else "nothing is saved")
-        else:
-            log.warning("signal %d: already stopping (on signal %d)", signum, self.signum)
+            if signum == self.signum:
+                return
+        elif signum == self.signum:  # the first signal's own handler, run after another's
+            return
+        log.warning("signal %d: already stopping (on signal %d)", signum, self.signum)
 
     def __enter__(self) -> StopRequests:
         self.signum = None
         if threading.current_thread() is threading.main_thread():
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
             self._old = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
@@ -64,3 +89,9 @@ class StopRequests:
         for s, h in self._old.items():
             signal.signal(s, signal.SIG_IGN if self.then_ignore else h)
         self._old = {}
+        if self._wakeup is not None:
+            r, w, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            os.close(r)
+            os.close(w)
+            self._wakeup = None
