@@ -168,3 +168,19 @@ def test_the_first_signal_to_arrive_sets_the_status_even_when_two_arrive_togethe
     assert proc.returncode == 0, proc.stderr
     assert "first 15" in proc.stdout, proc.stdout + proc.stderr
     assert "signal 2: already stopping (on signal 15)" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name, text", [("overrides.yaml", "[unclosed"),
+                                        ("overrides.yaml", "{not: a list}"),
+                                        ("config.yaml", "likelihood: {name: laplace}\n")])
+def test_eval_refuses_a_corrupt_record_with_one_line(tmp_path, name, text):
+    run = tmp_path / "run"
+    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}"],
+                       cwd=tmp_path).returncode == 0
+    before = (run / "metrics.json").read_text()
+    (run / ".hydra" / name).write_text(text)
+    line = one_line(run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path))
+    assert f".hydra/{name}" in line and "restore it" in line
+    assert (run / "metrics.json").read_text() == before
+    (run / ".hydra" / name).unlink()  # the checkpoint holds the config: eval goes on
+    assert run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path).returncode == 0

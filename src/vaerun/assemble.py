@@ -263,6 +263,7 @@ def load_config(run_dir: Path, overrides: dict[str, str] | None = None
     if not isinstance(state.get("config"), dict):
         raise UserError(f"checkpoint {ckpt} holds no config of a run; delete it to start the "
                         "run again")
+    check_record(run_dir, state["config"])
     saved = OmegaConf.create(state["config"])
     OmegaConf.set_struct(saved, True)
     try:
@@ -271,6 +272,29 @@ def load_config(run_dir: Path, overrides: dict[str, str] | None = None
     except OmegaConfBaseException as e:
         raise UserError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
     return checked(merged, training=False), state
+
+
+def check_record(run_dir: Path, config: dict[str, Any]) -> None:
+    """The run's record beside its checkpoint: `.hydra/overrides.yaml` (which the report
+    labels the run by) a list of overrides, and `.hydra/config.yaml` the checkpoint's config.
+    Either may be missing; one that is there and says otherwise is refused."""
+    import yaml
+
+    for name, ok in (("overrides.yaml", lambda v: isinstance(v, list)
+                      and all(isinstance(o, str) for o in v)),
+                     ("config.yaml", lambda v: v == config)):
+        path = run_dir / ".hydra" / name
+        if not path.is_file():
+            continue
+        try:
+            good = ok(yaml.safe_load(path.read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it, or delete "
+                            "it (the checkpoint holds the run's config)") from None
+        if not good:
+            what = "a list of overrides" if name == "overrides.yaml" else "the checkpoint's config"
+            raise UserError(f"{path} is not {what}; restore it, or delete it (the checkpoint "
+                            "holds the run's config)")
 
 
 def load_run(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> tuple[Dataset, VAE]:
