@@ -178,15 +178,18 @@ def bits_per_dim(groups: list[Group]) -> bytes:
 def quality(groups: list[Group]) -> bytes:
     """The two axes, one point per group: bits/dim (likelihood) against the Fréchet distance
     of its decoder means of z ~ p(z) (sample quality), labelled, with ± over seeds."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for i, g in enumerate(groups):
         (x, ex), (y, ey) = g.mean_std("test/fid_mean"), g.mean_std("test/bits_per_dim")
         if math.isnan(x) or math.isnan(y):
             continue
+        label = "\n".join(textwrap.wrap(f"{i + 1}: {g.label}", 48))
         ax.errorbar(x, y, xerr=0 if math.isnan(ex) else ex, yerr=0 if math.isnan(ey) else ey,
-                    marker="o", ms=5, capsize=2, color=f"C{i % 10}")
-        ax.annotate("\n".join(textwrap.wrap(g.label, 34)), (x, y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+                    marker="o", ms=5, capsize=2, color=f"C{i % 10}", label=label)
+        ax.annotate(str(i + 1), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
     ax.set_xlabel("sample quality: test/fid_mean (Fréchet distance of decoder means of z ~ p(z), "
                   "lower is better)", fontsize=8)
     ax.set_ylabel("likelihood: test/bits_per_dim (lower is better)", fontsize=8)
