@@ -184,3 +184,14 @@ def test_eval_refuses_a_corrupt_record_with_one_line(tmp_path, name, text):
     assert (run / "metrics.json").read_text() == before
     (run / ".hydra" / name).unlink()  # the checkpoint holds the config: eval goes on
     assert run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path).returncode == 0
+
+
+def test_overrides_on_both_sides_of_dash_m_make_one_sweep(tmp_path):
+    """B8: `vaerun train a=1 -m b=2,3` once printed the usage twice; it is one sweep."""
+    sweep = tmp_path / "s"
+    proc = run_process(["train", *SMALL, "trainer.epochs=0", "-m", "trainer.seed=1,2",
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_trainer.seed=1",
+                                                                     "1_trainer.seed=2"]
