@@ -401,6 +401,7 @@ class DiscretizedLogistic(Likelihood):
 
     name = "discretized_logistic"
     support = "8bit"
+    component: ClassVar[type[Distribution]] = BinnedLogistic  # one logistic, per pixel
 
     @dataclass
     class Config(LikelihoodConfig):
@@ -421,50 +422,28 @@ class DiscretizedLogistic(Likelihood):
         k, d = self.cfg.components, self.dim
         parts = out.unflatten(-1, (-1, k, d))  # [..., 3 (logits, loc, log scale), K, D]
         loc, log_scale = parts[..., -2, :, :], parts[..., -1, :, :]
-        log_scale = soft_floor(log_scale, self.cfg.min_log_scale).clamp(max=MAX_LOG_SCALE)
-        comps = BinnedLogistic(loc, log_scale.exp())
+        scale = soft_floor(log_scale, self.cfg.min_log_scale).clamp(max=MAX_LOG_SCALE).exp()
         if k == 1:
-            return pixels(BinnedLogistic(comps.loc[..., 0, :], comps.scale[..., 0, :]))
-        return pixels(PixelMixture(parts[..., 0, :, :], comps))
+            return pixels(self.component(loc[..., 0, :], scale[..., 0, :]))
+        return pixels(PixelMixture(parts[..., 0, :, :], self.component(loc, scale)))
 
     def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
         return (dist if dist is not None else self(out, out)).mean
 
 
-class Logistic(Likelihood):
+class Logistic(DiscretizedLogistic):
     """The discretized logistic's density twin: a mixture of `components` logistics per pixel
     with the same decoder outputs (mixture logits, unconstrained locations, log scales softly
     ≥ `min_log_scale`), as a density on [0, 1]'s dequantised values rather than a mass on the
     256 grey levels. The two measure the same family the two ways bits/dim can be had."""
 
     name = "logistic"
+    support = "real"
+    component = LogisticDist
 
     @dataclass
-    class Config(LikelihoodConfig):
+    class Config(DiscretizedLogistic.Config):
         name: str = "logistic"
-        components: int = 5
-        min_log_scale: float | None = SCALE_FLOOR
-
-        def check(self, key: str) -> None:
-            require_at_least(f"{key}.components", self.components, 1)
-            require_floor(f"{key}.min_log_scale", self.min_log_scale)
-
-    def __init__(self, cfg: Config, dim: int, link: str = "sigmoid"):
-        super().__init__(cfg, dim, link)
-        k = cfg.components
-        self.params_per_pixel = 3 * k if k > 1 else 2
-
-    def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        k, d = self.cfg.components, self.dim
-        parts = out.unflatten(-1, (-1, k, d))  # [..., 3 (logits, loc, log scale), K, D]
-        loc, log_scale = parts[..., -2, :, :], parts[..., -1, :, :]
-        scale = soft_floor(log_scale, self.cfg.min_log_scale).clamp(max=MAX_LOG_SCALE).exp()
-        if k == 1:
-            return pixels(LogisticDist(loc[..., 0, :], scale[..., 0, :]))
-        return pixels(PixelMixture(parts[..., 0, :, :], LogisticDist(loc, scale)))
-
-    def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
-        return (dist if dist is not None else self(out, out)).mean
 
 
 class DiscretizedGaussian(Likelihood):
