@@ -78,10 +78,6 @@ class Logistic(TransformedDistribution):
         return self.loc
 
 
-def logistic(loc: Tensor, scale: Tensor) -> Logistic:
-    return Logistic(loc, scale)
-
-
 class Binned(Distribution):
     """A location-scale variable Y seen through the 256 bins of [0, 1] (edge bins to ±∞).
     Subclasses give the log mass between two standardised edges and the mean."""
@@ -118,7 +114,7 @@ class BinnedLogistic(Binned):
     bins and far tails alike; the edge bins keep only their one finite edge's term."""
 
     def continuous(self) -> Distribution:
-        return logistic(self.loc, self.scale)
+        return Logistic(self.loc, self.scale)
 
     def log_prob(self, x: Tensor) -> Tensor:
         lo, hi, first, last = self.edges(x)
