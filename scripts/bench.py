@@ -16,7 +16,9 @@ it measures seconds per epoch of:
   (d) whole processes, as users run them: `vaerun train trainer.epochs=5` (start-up, 5 epochs,
       the end-of-run IWAE evaluation, sample quality and pictures) and the start-up alone
       (`vaerun train trainer.epochs=0 eval.iwae_k=0 eval.quality_images=0`), against the bare
-      loop's 5 epochs;
+      loop's 5 epochs; and, as the floor of any start-up, a process that only imports torch
+      and builds a torch.optim optimizer (which imports torch._dynamo), and the bare loop (c)
+      as a whole process (`--bare-process`: import torch, load the images, 5 epochs);
 
 round-robin (one epoch, or one process, of each per round, a warm-up round first), as the
 median (and min, max) over --epochs rounds. It also prints the model's matmul
@@ -226,6 +228,33 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None, de
     return run
 
 
+def bench_bare_process(batch_size: int, threads: int | None):
+    """The bare loop (c) as a whole process, as people run such a script: import torch, load
+    the images into memory, 5 epochs, exit."""
+    extra = [f"--threads={threads}"] if threads else []
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--bare-process", f"--batch-size={batch_size}",
+                        *extra], check=True)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def bench_torch_import():
+    """A process that imports torch and builds one torch.optim optimizer (whose first use
+    imports torch._dynamo), then exits: what any training process on torch pays at start-up."""
+    code = "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - t0
+
+    return run
+
+
 def matmul_throughput(device: torch.device) -> dict[str, float]:
     """GFLOP/s of torch.mm on a large square product and on this model's own shapes, and of
     F.linear on the IWAE decoder's product."""
@@ -297,11 +326,20 @@ def main() -> int:
     p.add_argument("--sweep-jobs", type=int, default=0,
                    help="also time a 4-point sigma sweep (2 epochs) one job at a time and with "
                         "joblib running this many jobs at once on the device")
+    p.add_argument("--bare-process", action="store_true",
+                   help="only run the bare loop's 5 epochs on the CPU and exit (as row d)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     torch.manual_seed(0)
+    if a.bare_process:
+        from vaerun.data import MNIST
+
+        epoch = bench_bare(MNIST(MNIST.Config(), device).train, a.batch_size, False)
+        for _ in range(5):
+            epoch()
+        return 0
 
     from vaerun.data import MNIST
 
@@ -342,6 +380,8 @@ def main() -> int:
                 if runs and "test/iwae_seconds" in runs[-1]:
                     extra["iwae_seconds"] = [m["test/iwae_seconds"] for m in runs[1:]]
                     extra["train_seconds"] = [m["train_seconds"] for m in runs[1:]]
+                    extra["quality_seconds"] = [m.get("test/quality_seconds", 0.0)
+                                                for m in runs[1:]]
                 record(name, times[name], **extra)
 
         loops = {"a_vaerun": bench_vaerun(tmp, a.batch_size, a.device, a.threads, False),
@@ -359,6 +399,9 @@ def main() -> int:
             loops["d_process_startup"] = bench_process(
                 tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0", "eval.quality_images=0"],
                 a.threads, a.device)
+            loops["d_process_torch_import"] = bench_torch_import()
+            if a.device == "cpu":
+                loops["d_process_bare_5_epochs"] = bench_bare_process(a.batch_size, a.threads)
         measure(loops)
         for epoch in loops.values():
             getattr(epoch, "close", lambda: None)()
@@ -393,16 +436,26 @@ def main() -> int:
         five_bare = 5 * rows["c_bare"]["seconds_per_epoch"]
         d, st = rows["d_process_default_5_epochs"], rows["d_process_startup"]
         iwae = statistics.median(d["iwae_seconds"])
+        scoring = statistics.median(d["quality_seconds"])
         epoch = statistics.median(t / 5 for t in d["train_seconds"])
         result["whole_process"] = {
             "default_5_epochs_seconds": [d["min"], d["seconds_per_epoch"], d["max"]],
             "startup_seconds": [st["min"], st["seconds_per_epoch"], st["max"]],
             "bare_loop_5_epochs_seconds": five_bare,
-            "iwae_seconds": iwae, "epoch_seconds_in_that_run": epoch}
+            "iwae_seconds": iwae, "quality_seconds": scoring,
+            "epoch_seconds_in_that_run": epoch}
+        if "d_process_bare_5_epochs" in rows:
+            result["ratios"]["default_5_epochs_over_bare_process"] = (
+                d["seconds_per_epoch"] / rows["d_process_bare_5_epochs"]["seconds_per_epoch"])
+        if "d_process_torch_import" in rows:
+            result["whole_process"]["torch_import_seconds"] = (
+                rows["d_process_torch_import"]["seconds_per_epoch"])
+            result["ratios"]["torch_import_over_bare_5_epochs"] = (
+                rows["d_process_torch_import"]["seconds_per_epoch"] / five_bare)
         result["ratios"].update(
             default_5_epochs_over_bare_5_epochs=d["seconds_per_epoch"] / five_bare,
             startup_over_bare_5_epochs=st["seconds_per_epoch"] / five_bare,
-            iwae_in_epochs=iwae / epoch)
+            iwae_in_epochs=iwae / epoch, quality_over_bare_5_epochs=scoring / five_bare)
     if sweep:
         result["sweep_4_sigmas_2_epochs_seconds"] = sweep
     if "c_bare_fused_adam_flush_denormal" in rows:
@@ -430,6 +483,13 @@ def main() -> int:
           f"matmul floor {floor:.3f} s/epoch")
     print(f"IWAE decoder product (2600x400x784) by F.linear: "
           f"{mm['iwae_linear_2600x400x784']:.1f} GFLOP/s")
+    if "whole_process" in result:
+        w = result["whole_process"]
+        print(f"whole default process {w['default_5_epochs_seconds'][1]:.2f} s: 5 epochs "
+              f"{5 * w['epoch_seconds_in_that_run']:.2f} s, IWAE {w['iwae_seconds']:.2f} s, "
+              f"sample quality {w['quality_seconds']:.2f} s; start-up alone "
+              f"{w['startup_seconds'][1]:.2f} s, of which importing torch and building an "
+              f"optimizer {w.get('torch_import_seconds', float('nan')):.2f} s")
     if sweep:
         print("4-point sigma sweep, 2 epochs: " + ", ".join(f"{k} {v:.1f} s"
                                                           for k, v in sweep.items()))

@@ -60,6 +60,7 @@ def test_a_trained_model_draws_far_better_digits_than_an_untrained_one(vaerun, t
     for key in ("test/fid_mean", "test/fid_sample", "test/fid_recon"):
         assert got[1][key] < 0.6 * got[0][key], key
     assert got[0]["test/sample_class_entropy"] < 1 < got[1]["test/sample_class_entropy"] <= 2.303
+    assert all(0 < g["test/quality_seconds"] < 600 for g in got.values())
 
 
 def test_the_samples_show_a_draw_beside_each_mean():

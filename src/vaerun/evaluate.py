@@ -214,14 +214,15 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     """The second axis (vaerun.quality): Fréchet distances of n decoder means of z ~ p(z), of
     one draw x ~ p(x|z) each, and of the test images' reconstructions, to the test images in
     the shipped MNIST classifier's features; and the entropy of its predicted classes over the
-    means; n = eval.quality_images (0: none), at most the number of test images. {} where the
-    images are no 28×28 digits (the classifier knows digits only)."""
+    means; n = eval.quality_images (0: none), at most the number of test images; and the
+    seconds it all took (the classifier's import and the test images' statistics included).
+    {} where the images are no 28×28 digits (the classifier knows digits only)."""
     n = min(cfg.eval.quality_images, len(data.test))
     if not n or data.image_shape != (1, 28, 28) or not data.name.startswith("mnist"):
         return {}
     from vaerun import quality
 
-    test = data.test[:n]
+    started, test = time.perf_counter(), data.test[:n]
     metric = quality.fid_metric(f"{data.name}:{data.cfg!r}:{len(test)}", test)
     lik, means, draws, recons = vae.likelihood, [], [], []
     with vae.evaluating(), seeded(cfg.eval.seed, data.test.device):
@@ -234,7 +235,7 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     fid_mean, entropy = quality.frechet(metric, torch.cat(means))
     return {"fid_mean": fid_mean, "fid_sample": quality.frechet(metric, torch.cat(draws))[0],
             "fid_recon": quality.frechet(metric, torch.cat(recons))[0],
-            "sample_class_entropy": entropy}
+            "sample_class_entropy": entropy, "quality_seconds": time.perf_counter() - started}
 
 
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,

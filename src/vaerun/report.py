@@ -28,8 +28,9 @@ FIRST = ["test/loss", "test/elbo", "test/log_px_z", "test/kl", "test/mse", "test
 UNITS = {"mse": "per pixel", "sigma": "", "sigma_optimal": "", "bits_per_dim": "bits/dim",
          "bits_per_dim_elbo": "bits/dim", "active_units": "count", "iwae_k": "samples",
          "ppca_active_units": "count", "ppca_sigma": "", "sigma_geomean": "",
-         "sigma_optimal_geomean": "", "iwae_seconds": "s", "nll_exact": "nats", "fid_mean": "",
-         "fid_sample": "", "fid_recon": "", "implied_sigma": "", "implied_beta": "",
+         "sigma_optimal_geomean": "", "iwae_seconds": "s", "quality_seconds": "s",
+         "nll_exact": "nats", "fid_mean": "", "fid_sample": "", "fid_recon": "",
+         "implied_sigma": "", "implied_beta": "",
          "sigma_calibrated": "", "bits_per_dim_calibrated": "bits/dim",
          "bits_per_dim_elbo_calibrated": "bits/dim"}
 
