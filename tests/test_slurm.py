@@ -106,7 +106,7 @@ def test_requeued_and_preempted_jobs_resume_to_the_same_metrics(cluster, tmp_pat
     args = ["likelihood.sigma=0.1,0.3", "dataset.n_train=60000", "trainer.epochs=3",
             "hydra.launcher.cpus_per_task=2", "trainer.progress_seconds=0.2"]
     proc = sweep(tmp_path, *args)
-    mid_epoch = r"epoch 1/3: \d\d+/469 steps"  # its own progress line: mid-epoch
+    mid_epoch = r"epoch 1/3: \d\d+/938 steps"  # its own progress line (batch 64): mid-epoch
     wait_training(tmp_path / "sweep" / "0_likelihood.sigma=0.1" / "train.log", mid_epoch)
     (first,) = [j for j, s in slurm_jobs().items() if j.endswith("_0") and s == "RUNNING"]
     subprocess.run(["scontrol", "requeue", first], check=True)
