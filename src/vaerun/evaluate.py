@@ -7,7 +7,9 @@
                     to (k + u)/256 under a density; absent where it means nothing (the log says
                     why). test/bits_per_dim_elbo: the same from −elbo; `bits_per_dim_data` in
                     metrics.json says which data ("binary", "8bit" or "continuous")
-    test/active_units   latent dims with Cov_x(E_q[z_i|x]) > 0.01
+    test/active_units   latent dims with Cov_x(E_q[z_i|x]) > 0.01 (an absolute threshold, in
+                    the prior's units: a code the encoder shrank counts as inactive however
+                    much KL it carries; read it beside kl_dim_min)
     test/kl_dim_max, test/kl_dim_min   the mean KL of the most and least used latent dims
     test/ppca_active_units, test/ppca_kl, test/ppca_nll, test/ppca_sigma   where p(x|z) is
                     N(f(z), σ²I): what the best linear model (pPCA) would do at this σ
