@@ -126,6 +126,8 @@ BAD = {
     "likelihood.sigmaa=1": "likelihood.sigmaa",
     "likelihood=gaussian_learned likelihood.variance=wide": "likelihood.variance",
     "-m likelihood=gaussian likelihood.sigma=0.1,0": "likelihood.sigma",
+    "hydra.run.dir=runs/a=b,c=d": "hydra.run.dir=runs/a=b,c=d: mismatched input",
+    "-m likelihood.sigma=0.1,0.3 hydra.sweep.dir=runs/σ=1": "hydra.sweep.dir=runs/σ=1: ",
 }
 
 

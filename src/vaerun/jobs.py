@@ -167,7 +167,7 @@ def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(explain(e)) from None
+        raise UserError(explain(e, job=overrides)) from None
     lists = []
     for o in parsed:
         key = o.get_key_element()
@@ -356,12 +356,27 @@ def explain(e: BaseException, name: str | None = None, job: list[str] | None = N
         opts = options.split()
         return (f"{group}={choice} is not an option{did_you_mean(choice, opts)}; choose one "
                 f"of: {', '.join(opts)}")
-    if "LexerNoViableAlt" in msg or "token recognition error" in msg:
-        return (f"{msg}: quote values with spaces or characters beyond ASCII, e.g. "
-                "'hydra.run.dir=\"outputs/runs/σ=1\"'")
+    if any(s in msg for s in ("LexerNoViableAlt", "token recognition error", "mismatched input")):
+        bad = unparsable(job or [])
+        return (f"{bad + ': ' if bad else ''}{msg}: quote values with spaces, '=', or characters "
+                "beyond ASCII, e.g. 'hydra.run.dir=\"outputs/runs/σ=1\"'")
     if "Ambiguous value" in msg:
         msg += " (a sweep needs -m: vaerun train -m ...)"
     return msg
+
+
+def unparsable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot read, or None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException:
+            return o
+    return None
 
 
 def group_options(group: str) -> list[str]:
