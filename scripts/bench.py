@@ -86,6 +86,13 @@ def examples_loss(recon_x, x, mu, logvar):
     return bce + kld
 
 
+def vaerun(*args: str) -> None:
+    """`python -m vaerun ARGS` in a process of its own; its stderr is shown if it fails."""
+    done = subprocess.run([sys.executable, "-m", "vaerun", *args], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"vaerun {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+
+
 def sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -165,8 +172,7 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
 
     def epoch() -> float:
         done[0] += 1
-        subprocess.run([sys.executable, "-m", "vaerun", "train", f"trainer.epochs={done[0]}",
-                        *args], check=True, capture_output=True)
+        vaerun("train", f"trainer.epochs={done[0]}", *args)
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         eval_seconds.append(acc.Scalars("time/test_eval_seconds")[-1].value)
@@ -218,8 +224,7 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None, de
         extra = [f"trainer.threads={threads}"] if threads else []
         extra.append(f"trainer.device={device}")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vaerun", "train", *args, *extra,
-                        f"hydra.run.dir={run_dir}"], check=True, capture_output=True)
+        vaerun("train", *args, *extra, f"hydra.run.dir={run_dir}")
         seconds = time.perf_counter() - t0
         metrics.append(json.loads((run_dir / "metrics.json").read_text()))
         return seconds
@@ -228,10 +233,11 @@ def bench_process(out: Path, name: str, args: list[str], threads: int | None, de
     return run
 
 
-def bench_bare_process(batch_size: int, threads: int | None):
+def bench_bare_process(batch_size: int, threads: int | None, device: str):
     """The bare loop (c) as a whole process, as people run such a script: import torch, load
     the images into memory, 5 epochs, exit."""
     extra = [f"--threads={threads}"] if threads else []
+    extra.append(f"--device={device}")
 
     def run() -> float:
         t0 = time.perf_counter()
@@ -295,9 +301,7 @@ def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int) -> dict[str, f
                         (f"joblib_{n_jobs}_at_once", ["hydra/launcher=joblib",
                                                       f"hydra.launcher.n_jobs={n_jobs}"])):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "vaerun", "train", *args, *extra,
-                        f"hydra.sweep.dir={out / ('sweep_' + name)}"], check=True,
-                       capture_output=True)
+        vaerun("train", *args, *extra, f"hydra.sweep.dir={out / ('sweep_' + name)}")
         result[name] = time.perf_counter() - t0
         print(f"  sweep {name}: {result[name]:.1f} s", file=sys.stderr, flush=True)
     return result
@@ -327,7 +331,7 @@ def main() -> int:
                    help="also time a 4-point sigma sweep (2 epochs) one job at a time and with "
                         "joblib running this many jobs at once on the device")
     p.add_argument("--bare-process", action="store_true",
-                   help="only run the bare loop's 5 epochs on the CPU and exit (as row d)")
+                   help="only run the bare loop's 5 epochs on --device and exit (as row d)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -400,8 +404,8 @@ def main() -> int:
                 tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0", "eval.quality_images=0"],
                 a.threads, a.device)
             loops["d_process_torch_import"] = bench_torch_import()
-            if a.device == "cpu":
-                loops["d_process_bare_5_epochs"] = bench_bare_process(a.batch_size, a.threads)
+            loops["d_process_bare_5_epochs"] = bench_bare_process(a.batch_size, a.threads,
+                                                                  a.device)
         measure(loops)
         for epoch in loops.values():
             getattr(epoch, "close", lambda: None)()

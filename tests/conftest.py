@@ -8,6 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+# pytest-xdist's workers (-n 2 on 2 cores): each gets its share of the cores for torch's threads,
+# in its own process and in the vaerun processes it starts, else the workers' thread pools fight
+# over the cores and the suite runs about 1.5x longer. A test about threads sets them itself.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, share)))
+
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 
 import pytest
 from conftest import SMALL, run_process
@@ -170,13 +171,21 @@ def test_the_first_signal_to_arrive_sets_the_status_even_when_two_arrive_togethe
     assert "signal 2: already stopping (on signal 15)" in proc.stderr, proc.stderr
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished small run, trained once for the tests that copy it."""
+    where = tmp_path_factory.mktemp("trained")
+    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={where / 'run'}"],
+                       cwd=where).returncode == 0
+    return where / "run"
+
+
 @pytest.mark.parametrize("name, text", [("overrides.yaml", "[unclosed"),
                                         ("overrides.yaml", "{not: a list}"),
                                         ("config.yaml", "likelihood: {name: laplace}\n")])
-def test_eval_refuses_a_corrupt_record_with_one_line(tmp_path, name, text):
+def test_eval_refuses_a_corrupt_record_with_one_line(tmp_path, trained, name, text):
     run = tmp_path / "run"
-    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}"],
-                       cwd=tmp_path).returncode == 0
+    shutil.copytree(trained, run)
     before = (run / "metrics.json").read_text()
     (run / ".hydra" / name).write_text(text)
     line = one_line(run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path))

@@ -48,18 +48,18 @@ def composed(*overrides: str):
         return compose("train", list(overrides))
 
 
-def trainer(tmp_path, *overrides: str) -> Trainer:
+def trainer(tmp_path, *overrides: str, device: str = "cpu") -> Trainer:
     cfg = composed("dataset.n_train=1344", "dataset.n_test=64", "trainer.batch_size=64",
-                   "trainer.log_every=1000", "trainer.device=cpu", *overrides)
+                   "trainer.log_every=1000", f"trainer.device={device}", *overrides)
     session = assemble.start(assemble.checked(cfg), tmp_path / "run")
-    session.progress.perm = torch.randperm(1344, generator=session.gen)
+    session.progress.perm = torch.randperm(1344, generator=session.gen).to(session.device)
     runlog = RunLog(tmp_path / "run")
     t = Trainer(session, runlog, StopRequests())
     t.step(0)  # the first step makes the optimizer's state (its step counts among it)
     return t
 
 
-@pytest.mark.parametrize("overrides", [
+STEPS = [
     (),
     ("dataset=mnist_binary", "likelihood=bernoulli"),
     ("likelihood=gaussian",),
@@ -69,7 +69,14 @@ def trainer(tmp_path, *overrides: str) -> Trainer:
     ("likelihood=discretized_logistic",),
     ("likelihood=logistic", "dataset.dequantize=true"),
     ("model=conv", "model.channels=4", "model.hidden=16"),
-], ids=lambda o: ",".join(o) or "default")
+]
+
+
+def step_id(overrides: tuple[str, ...]) -> str:
+    return ",".join(overrides) or "default"
+
+
+@pytest.mark.parametrize("overrides", STEPS, ids=step_id)
 def test_twenty_training_steps_make_no_host_device_sync(tmp_path, overrides):
     t = trainer(tmp_path, *overrides)
     with Count() as c:

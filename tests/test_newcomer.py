@@ -27,25 +27,25 @@ def test_progress_lines_reach_a_log_that_is_no_terminal(tmp_path):
     least every progress_seconds, with the epoch, the steps, images/s and the time left."""
     run, out = tmp_path / "run", tmp_path / "out.log"
     with open(out, "w") as f:
-        done = subprocess.run([sys.executable, "-m", "vaerun", "train", "dataset.n_train=30000",
+        done = subprocess.run([sys.executable, "-m", "vaerun", "train", "dataset.n_train=60000",
                                "dataset.n_test=256", "trainer.epochs=1", "eval.iwae_k=2",
-                               "trainer.progress_seconds=1", f"hydra.run.dir={run}"],
+                               "trainer.progress_seconds=0.5", f"hydra.run.dir={run}"],
                               cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT, timeout=600)
     text = out.read_text()
     assert done.returncode == 0, text[-2000:]
-    progress = [ln for ln in text.splitlines() if re.search(r"epoch 1/1: \d+/235 steps", ln)]
+    progress = [ln for ln in text.splitlines() if re.search(r"epoch 1/1: \d+/469 steps", ln)]
     assert len(progress) >= 2, text[-2000:]
     assert re.search(r"\d+ images/s", progress[-1]) and " left" in progress[-1]
     times = [datetime.strptime(STAMP.match(ln).group(1), "%Y-%m-%d %H:%M:%S,%f")
              for ln in text.splitlines() if STAMP.match(ln)]
     training = times[next(i for i, ln in enumerate(text.splitlines()) if "training " in ln):]
     gaps = [(b - a).total_seconds() for a, b in zip(training, training[1:], strict=False)]
-    assert max(gaps) < 4, gaps  # 1 s asked for; an epoch's end and the evaluation in between
+    assert max(gaps) < 4, gaps  # 0.5 s asked for; an epoch's end and the evaluation in between
 
 
 def test_the_resume_hint_resumes_as_pasted(tmp_path):
     run = tmp_path / "a run"  # a space: the hint must quote it
-    args = ["train", *SMALL, "dataset.n_train=20000", "trainer.epochs=2", "likelihood=gaussian",
+    args = ["train", *SMALL, "dataset.n_train=8000", "trainer.epochs=2", "likelihood=gaussian",
             "trainer.progress_seconds=0", f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "vaerun", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -62,9 +62,9 @@ def test_an_in_process_command_hands_back_handlers_and_settings(vaerun, tmp_path
     old = {s: signal.signal(s, mine) for s in sigs}
     threads = torch.get_num_threads()
     try:
-        assert vaerun("train", *SMALL, "trainer.epochs=1", "trainer.threads=1",
+        assert vaerun("train", *SMALL, "trainer.epochs=1", f"trainer.threads={threads + 1}",
                       "trainer.deterministic=true", "hydra.run.dir=run") == 0
-        assert vaerun("eval", "run_dir=run", "eval.iwae_k=2", "trainer.threads=1") == 0
+        assert vaerun("eval", "run_dir=run", "eval.iwae_k=2", f"trainer.threads={threads + 1}") == 0
         assert all(signal.getsignal(s) is mine for s in sigs)
         assert torch.get_num_threads() == threads
         assert not torch.are_deterministic_algorithms_enabled()

@@ -104,7 +104,7 @@ def test_launchers_run_real_processes(vaerun, tmp_path, launcher):
 def test_sweep_interrupted_then_resumed_finishes_every_run_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,0.3,1",
-            "dataset.n_train=20000", "dataset.n_test=256", "trainer.batch_size=64",
+            "dataset.n_train=6400", "dataset.n_test=256", "trainer.batch_size=64",
             "trainer.epochs=2", "eval.iwae_k=2", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen([sys.executable, "-m", "vaerun", *args, "trainer.progress_seconds=0"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
