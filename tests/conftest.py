@@ -49,12 +49,16 @@ def run_process(args: list[str], cwd: Path, env: dict | None = None,
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar tag of a run's event files: tag -> [(step, value), ...]."""
+    """Every scalar tag of a run's event files: tag -> [(step, value), ...], in the order they
+    were written. (TensorBoard reads a folder's event files in name order; two files that one
+    process opens within a second differ only in a counter, `...pid.9` sorting after
+    `...pid.10`, as an in-process train then eval can make them.)"""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in sorted(acc.Scalars(tag), key=lambda e: e.wall_time)]
+            for tag in acc.Tags()["scalars"]}
 
 
 class Lines:
