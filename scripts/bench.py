@@ -291,6 +291,31 @@ def matmul_throughput(device: torch.device) -> dict[str, float]:
             "iwae_linear_2600x400x784": linear_gflops(2600, 400, 784, 40)}
 
 
+def elementwise_ns(device: torch.device) -> dict[str, float]:
+    """Nanoseconds per element of the elementwise ops a Bernoulli decoder's log-likelihood is
+    made of, on one IWAE chunk's logits (2600x784) with this process's threads: torch's own
+    kernels, whose speed differs by CPU and by the instruction set torch picks for it
+    (`torch.backends.cpu.get_cpu_capability()`, set by ATEN_CPU_CAPABILITY)."""
+    x = torch.randn(2600, 784, device=device)
+    y = (torch.rand_like(x) < 0.5).float()
+    ops = {"exp": lambda: torch.exp(x), "log": lambda: torch.log(x.abs()),
+           "log1p": lambda: torch.log1p(x.abs()), "softplus": lambda: F.softplus(x),
+           "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(x, y,
+                                                                        reduction="none")}
+    out = {}
+    with torch.inference_mode():
+        for name, op in ops.items():
+            for _ in range(3):
+                op()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                op()
+            sync(device)
+            out[name] = (time.perf_counter() - t0) / 20 / x.numel() * 1e9
+    return out
+
+
 def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int) -> dict[str, float]:
     """A 4-point σ sweep as whole `vaerun train -m` commands: its jobs one at a time (Hydra's
     basic launcher), and `n_jobs` at once on the same device (joblib); wall seconds each."""
@@ -414,6 +439,7 @@ def main() -> int:
                                                        True),
                      "c_bare_compiled": bench_bare(x, a.batch_size, True)})
         mm = matmul_throughput(device)
+        ew = elementwise_ns(device)
         sweep = bench_sweep(tmp, a.device, 2, a.sweep_jobs) if a.sweep_jobs else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -426,10 +452,16 @@ def main() -> int:
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "device": str(device),
-                    "processor": platform.processor() or platform.machine()},
+                    "processor": platform.processor() or platform.machine(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "batch_size": a.batch_size, "images": n, "loops": rows,
         "model_gflop_per_epoch": flops / 1e9, "matmul_gflops": mm,
         "matmul_floor_seconds_per_epoch": floor,
+        "elementwise_ns_per_element": ew,
+        # the end-of-run IWAE (k = 100 on 10,000 test images): 1e6 decoder passes, whose
+        # matrix products alone take this long at F.linear's measured rate on its shape
+        "iwae_matmul_floor_seconds": 1e6 * 2 * (L * H + H * D)
+        / (mm["iwae_linear_2600x400x784"] * 1e9),
         "ratios": {"a_over_c": rows["a_vaerun"]["seconds_per_epoch"]
                    / rows["c_bare"]["seconds_per_epoch"],
                    "a_over_c_fused_adam": rows["a_vaerun"]["seconds_per_epoch"]
@@ -487,6 +519,9 @@ def main() -> int:
           f"matmul floor {floor:.3f} s/epoch")
     print(f"IWAE decoder product (2600x400x784) by F.linear: "
           f"{mm['iwae_linear_2600x400x784']:.1f} GFLOP/s")
+    print(f"IWAE (k = 100, 10,000 images): matmul floor {result['iwae_matmul_floor_seconds']:.2f}"
+          f" s; elementwise ns/element ({torch.backends.cpu.get_cpu_capability()}): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in ew.items()))
     if "whole_process" in result:
         w = result["whole_process"]
         print(f"whole default process {w['default_5_epochs_seconds'][1]:.2f} s: 5 epochs "
