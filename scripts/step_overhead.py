@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Seconds per training step, in one process: vaerun's own `Trainer.step` against the bare
+loop's (bench.py's, with fused Adam), on the default model and data, at each batch size given;
+and the ops each dispatches per step, counted with a TorchDispatchMode. On a GPU, where this
+model's steps are bound by the host's work, not the device's, the gap is the host work vaerun
+adds per step.
+
+    python scripts/step_overhead.py cpu 128 1024      # device, then batch sizes
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench  # noqa: E402
+
+from vaerun import assemble  # noqa: E402
+from vaerun.logs import RunLog  # noqa: E402
+from vaerun.signals import StopRequests  # noqa: E402
+from vaerun.train import Trainer  # noqa: E402
+
+N = 8192  # training images: enough batches of the largest size asked for
+
+
+class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def vaerun_trainer(run: Path, device: str, batch: int) -> Trainer:
+    with initialize_config_module("vaerun.conf", version_base="1.3"):
+        cfg = compose("train", [f"dataset.n_train={N}", "dataset.n_test=64",
+                                f"trainer.batch_size={batch}", f"trainer.device={device}"])
+    session = assemble.start(assemble.checked(cfg), run)
+    session.progress.perm = torch.randperm(N, generator=session.gen).to(session.device)
+    return Trainer(session, RunLog(run), StopRequests())
+
+
+def per_step(step, batches: int, device: str, n: int = 300) -> float:
+    """Microseconds per step, the median of three timings of n steps each after a warm-up."""
+    for b in range(50):
+        step(b % batches)
+    times = []
+    for _ in range(3):
+        bench.sync(device)
+        t0 = time.perf_counter()
+        for b in range(n):
+            step(b % batches)
+        bench.sync(device)
+        times.append((time.perf_counter() - t0) / n * 1e6)
+    return sorted(times)[1]
+
+
+def bare_step(x: torch.Tensor, perm: torch.Tensor, batch: int, device: str):
+    """bench.py's bare loop, one step a call, on the same images in the same order."""
+    model = bench.ExamplesVAE().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+    def step(b: int) -> None:
+        xb = x[perm[b * batch:(b + 1) * batch]]
+        opt.zero_grad()
+        recon, mu, logvar = model(xb)
+        bench.examples_loss(recon, xb, mu, logvar).backward()
+        opt.step()
+
+    return step
+
+
+def compare(device: str, batch: int) -> str:
+    t = vaerun_trainer(Path(tempfile.mkdtemp()), device, batch)
+    batches = N // batch
+    bare = bare_step(t.s.data.train, t.p.perm, batch, device)
+    ours, theirs = per_step(t.step, batches, device), per_step(bare, batches, device)
+    counts = []
+    for f in (t.step, bare):
+        with Count() as c:
+            f(1)
+        counts.append(sum(c.ops.values()))
+    t.runlog.close()
+    return (f"{device} batch {batch}: vaerun step {ours:.0f} us ({counts[0]} ops), bare loop "
+            f"with fused Adam {theirs:.0f} us ({counts[1]} ops): {ours / theirs:.2f}x")
+
+
+def main() -> None:
+    device, sizes = sys.argv[1], [int(s) for s in sys.argv[2:]] or [128]
+    for batch in sizes:
+        print(compare(device, batch), flush=True)
+
+
+if __name__ == "__main__":
+    main()
