@@ -11,7 +11,9 @@ mkdir -p "$dir"
 pins=()
 for name in hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher \
             hydra-submitit-launcher submitit; do
-    pins+=("$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print "'"$name"'==" $2}')")
+    version=$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}')
+    [ -n "$version" ] || { echo "error: $name is not installed here: pip install '.[test]' first" >&2; exit 2; }
+    pins+=("$name==$version")
 done
 python3 -m pip wheel -q --no-deps -w "$dir" . "${pins[@]}"
 ls "$dir"/*.whl
