@@ -11,7 +11,7 @@ mkdir -p "$dir"
 pins=()
 for name in hydra-core omegaconf antlr4-python3-runtime hydra-joblib-launcher \
             hydra-submitit-launcher submitit; do
-    version=$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}')
+    version=$(python3 -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}' || true)
     [ -n "$version" ] || { echo "error: $name is not installed here: pip install '.[test]' first" >&2; exit 2; }
     pins+=("$name==$version")
 done
