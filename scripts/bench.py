@@ -261,20 +261,26 @@ def bench_torch_import():
     return run
 
 
+def seconds_per_call(fn, reps: int, device: torch.device) -> float:
+    """Wall seconds per call of `fn()` over `reps` calls, after 3 warm-up calls, the device
+    synchronised before and after."""
+    for _ in range(3):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
 def matmul_throughput(device: torch.device) -> dict[str, float]:
     """GFLOP/s of torch.mm on a large square product and on this model's own shapes, and of
     F.linear on the IWAE decoder's product."""
 
     def rate(product, m, k, n, reps):
-        """GFLOP/s of `product()`, an m×k by k×n matrix product, after 3 warm-up calls."""
-        for _ in range(3):
-            product()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            product()
-        sync(device)
-        return 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9
+        """GFLOP/s of `product()`, an m×k by k×n matrix product."""
+        return 2 * m * k * n / seconds_per_call(product, reps, device) / 1e9
 
     def gflops(m, k, n, reps):
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
@@ -302,18 +308,9 @@ def elementwise_ns(device: torch.device) -> dict[str, float]:
            "log1p": lambda: torch.log1p(x.abs()), "softplus": lambda: F.softplus(x),
            "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(x, y,
                                                                         reduction="none")}
-    out = {}
     with torch.inference_mode():
-        for name, op in ops.items():
-            for _ in range(3):
-                op()
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(20):
-                op()
-            sync(device)
-            out[name] = (time.perf_counter() - t0) / 20 / x.numel() * 1e9
-    return out
+        return {name: seconds_per_call(op, 20, device) / x.numel() * 1e9
+                for name, op in ops.items()}
 
 
 def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int) -> dict[str, float]:
