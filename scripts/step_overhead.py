@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Seconds per training step, in one process: vaerun's own `Trainer.step` against the bare
 loop's (bench.py's, with fused Adam), on the default model and data, at each batch size given;
-and the ops each dispatches per step, counted with a TorchDispatchMode. On a GPU, where this
-model's steps are bound by the host's work, not the device's, the gap is the host work vaerun
-adds per step.
+and the ops each dispatches per step, counted with tests/test_gpu_ready.py's TorchDispatchMode.
+On a GPU, where this model's steps are bound by the host's work, not the device's, the gap is
+the host work vaerun adds per step.
 
     python scripts/step_overhead.py cpu 128 1024      # device, then batch sizes
 """
@@ -13,15 +13,14 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
-from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 import bench  # noqa: E402
+from test_gpu_ready import Count, composed  # noqa: E402  (the op counter the tests use)
 
 from vaerun import assemble  # noqa: E402
 from vaerun.logs import RunLog  # noqa: E402
@@ -31,20 +30,9 @@ from vaerun.train import Trainer  # noqa: E402
 N = 8192  # training images: enough batches of the largest size asked for
 
 
-class Count(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
 def vaerun_trainer(run: Path, device: str, batch: int) -> Trainer:
-    with initialize_config_module("vaerun.conf", version_base="1.3"):
-        cfg = compose("train", [f"dataset.n_train={N}", "dataset.n_test=64",
-                                f"trainer.batch_size={batch}", f"trainer.device={device}"])
+    cfg = composed(f"dataset.n_train={N}", "dataset.n_test=64", f"trainer.batch_size={batch}",
+                   f"trainer.device={device}")
     session = assemble.start(assemble.checked(cfg), run)
     session.progress.perm = torch.randperm(N, generator=session.gen).to(session.device)
     return Trainer(session, RunLog(run), StopRequests())
