@@ -28,6 +28,7 @@ from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
 from vaerun.objective import Meter, Objective
 from vaerun.runtime import resolve_device
+from vaerun.schedules import Scheduler
 
 log = logging.getLogger("vaerun")
 
@@ -113,7 +114,10 @@ def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
         implied = objective(cfg, data.dim).implied(cfg.trainer.batch_size)["implied_sigma"]
         lik_cfg = dataclasses.replace(lik_cfg, sigma=implied)
     lik = Likelihood.lookup(lik_cfg.name)(lik_cfg, data.dim, cfg.model.link.value)
-    return data, VAE(cfg.model, lik, data.image_shape).to(device)
+    vae = VAE(cfg.model, lik, data.image_shape).to(device)
+    if cfg.model.bias_from_data:
+        vae.bias_from_data(data.train.mean(0), cfg.model.link)
+    return data, vae
 
 
 def objective(cfg: RunConfig, pixels: int) -> Objective:
@@ -143,6 +147,11 @@ def make_optimizer(cfg: RunConfig, vae: VAE) -> torch.optim.Optimizer:
     return optimizer_class(cfg.optimizer)(vae.param_groups(kwargs["lr"]), **kwargs)
 
 
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
+    """The lr schedule over epochs (scheduler=none: a constant factor of 1)."""
+    return Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
+
+
 @dataclass
 class Session:
     """Everything a training run holds: what its checkpoint saves and restores."""
@@ -156,6 +165,7 @@ class Session:
     gen: torch.Generator  # the data order's random stream (on the CPU)
     seed: int
     progress: Progress
+    sched: Any = None  # the lr schedule over epochs (a torch.optim.lr_scheduler)
     resumed: bool = False
     status: str = "running"
     meter: Meter = field(default_factory=Meter)  # train/* terms since the last logged point
@@ -176,12 +186,15 @@ class Session:
         state = checkpoint.snapshot(
             model=self.vae, optimizer=self.opt, order=self.gen, progress=self.progress,
             device=self.device, seed=self.seed, status=status, meter=self.meter.state(),
+            scheduler=self.sched.state_dict(),
             wall_seconds=self.wall_seconds, config=self.cfg.plain)
         checkpoint.save(self.checkpoint_path, state)
         self.status = status
 
     def restore(self, state: dict[str, Any]) -> None:
         self.progress = checkpoint.resume_into(state, self.vae, self.opt, self.gen, self.device)
+        if state.get("scheduler") is not None:
+            self.sched.load_state_dict(state["scheduler"])
         self.seed = state["seed"]
         self.resumed, self.status = True, state["status"]
         self.meter = Meter.from_state(state.get("meter"), self.device)
@@ -235,8 +248,9 @@ def start(cfg: RunConfig, run_dir: Path) -> Session:
     seed = state["seed"] if state else _seed(cfg)
     torch.manual_seed(seed)
     data, vae = build(cfg, device)
-    session = Session(cfg, run_dir, device, data, vae, make_optimizer(cfg, vae),
-                      torch.Generator().manual_seed(seed), seed, Progress())
+    opt = make_optimizer(cfg, vae)
+    session = Session(cfg, run_dir, device, data, vae, opt, torch.Generator().manual_seed(seed),
+                      seed, Progress(), make_scheduler(cfg, opt))
     if state is not None:
         checkpoint.restore(path, lambda: session.restore(state))
     return session

@@ -24,7 +24,7 @@ from vaerun.errors import UserError
 # Keys that may differ between a checkpoint and the run resuming it.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.epochs", "trainer.device", "trainer.threads",
                      "trainer.log_every", "trainer.eval_batch_size", "trainer.compile",
-                     "trainer.progress_seconds", "eval.")
+                     "trainer.progress_seconds", "trainer.pictures_every", "eval.")
 
 
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",

@@ -23,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from vaerun.errors import ConfigError
 
 REGISTRIES: dict[str, dict[str, type]] = {}  # group -> {name: class}, filled by the parts
-TOP_KEYS = ("dataset", "likelihood", "model", "optimizer", "trainer", "eval", "beta", "loss")
+TOP_KEYS = ("dataset", "likelihood", "model", "optimizer", "scheduler", "trainer", "eval", "beta",
+            "loss")
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range
 
 
@@ -141,9 +142,11 @@ class TrainerConfig:
     deterministic: bool = False
     threads: int | None = None
     progress_seconds: float | None = 10.0
+    pictures_every: int = 1  # epochs between pictures while training (the end always has them)
 
     def check(self, key: str) -> None:
         require_at_least(f"{key}.epochs", self.epochs, 0)
+        require_at_least(f"{key}.pictures_every", self.pictures_every, 1)
         if self.progress_seconds is not None:
             ok = is_number(self.progress_seconds) and 0 <= self.progress_seconds < math.inf
             require(ok, f"{key}.progress_seconds", self.progress_seconds,
@@ -230,6 +233,7 @@ class RunConfig:
     beta: float
     loss: LossConfig = field(default_factory=LossConfig)
     plain: dict = field(repr=False, default_factory=dict)
+    scheduler: Any = None
 
 
 def refuse_environment(node: Any, path: str = "") -> None:
@@ -283,6 +287,7 @@ def typed(cfg: DictConfig) -> RunConfig:
         beta=float(beta),
         loss=_to_schema("loss", cfg.get("loss") or {}, LossConfig),
         plain=plain,
+        scheduler=typed_group("scheduler", cfg.get("scheduler") or OmegaConf.create({"name": "none"})),
     )
 
 
@@ -292,7 +297,7 @@ HEADLINE = ["test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/nll_iwae"
             "test/fid_sample"]  # HParams' metric columns, in this order
 LOSS_KEYS = ("recon", "recon_over_pixels", "recon_over_batch", "recon_weight",
              "kl_over_latents", "kl_over_batch")  # the loss's keys runs are compared by
-PARTS = ("likelihood", "dataset", "model")
+PARTS = ("likelihood", "dataset", "model", "scheduler")
 UNTRACKED = ("trainer.resume", "trainer.progress_seconds")  # never change what a run computes
 
 

@@ -192,9 +192,12 @@ class Trainer:
         if p.batch < self.steps_per_epoch:
             self.halt_if_asked()
         p.epoch, p.perm, p.batch = p.epoch + 1, None, 0
+        lr = s.opt.param_groups[0]["lr"]  # the epoch's (the schedule moves it for the next)
+        s.sched.step()
         started = time.perf_counter()
         test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size, self.cfg.eval.seed,
                         t.batch_size)
+        self.runlog.scalars("train", {"lr": lr}, p.step)
         self.runlog.scalars("time", {"epoch_seconds": epoch_seconds,
                                      "test_eval_seconds": time.perf_counter() - started}, p.step)
         if not math.isfinite(test["loss"]):
@@ -204,7 +207,7 @@ class Trainer:
         log.info("epoch %d/%d: test loss %.3f, elbo %.3f, log p(x|z) %.3f, kl %.3f, mse %.5f "
                  "(nats per image)", p.epoch, t.epochs, test["loss"], test["elbo"],
                  test["log_px_z"], test["kl"], test["mse"])
-        if p.epoch < t.epochs:
+        if p.epoch < t.epochs and p.epoch % t.pictures_every == 0:
             write_pictures(s.vae, s.data, self.runlog, p.step)
         self.checkpoint("running")
 
