@@ -123,13 +123,13 @@ def test_a_checkpoint_whose_config_is_a_string_is_one_line(tmp_path):
 
 
 def test_a_removed_run_directory_is_not_made_again(tmp_path):
-    from vaerun.atomic import write_atomic
+    from vaerun.rundir import write_atomic
 
     gone = tmp_path / "gone"  # a run directory removed while it ran
     with pytest.raises(OSError):
-        write_atomic(gone / "images" / "samples.png", lambda f: f.write(b"png"))
+        write_atomic(gone / "images" / "samples.png", b"png")
     assert not gone.exists()
-    write_atomic(tmp_path / "images" / "samples.png", lambda f: f.write(b"png"))  # a run's folder
+    write_atomic(tmp_path / "images" / "samples.png", b"png")  # a run's folder
     assert (tmp_path / "images" / "samples.png").read_bytes() == b"png"
 
 

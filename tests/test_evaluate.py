@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from vaerun.data import MNIST, MNISTBinary
-from vaerun.evaluate import iwae_nll, log_weights, posterior_stats
+from vaerun.evaluation import iwae_nll, log_weights, posterior_stats
 from vaerun.likelihoods import Gaussian, Likelihood
 from vaerun.model import MLP, VAE
 from vaerun.objective import seeded
@@ -76,7 +76,7 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo():
 
 
 def test_chunks_are_sized_by_device():
-    import vaerun.evaluate as ev
+    import vaerun.evaluation as ev
 
     assert ev.chunk_elements(torch.device("cpu")) == 1 << 21
     assert ev.chunk_elements(torch.device("cuda")) >= 64 * ev.chunk_elements(torch.device("cpu"))
@@ -103,7 +103,7 @@ def test_iwae_tightens_with_k_on_a_trained_model_and_bounded_memory_chunks():
     nll = [iwae_nll(vae, data.test, k, 100, seed=0, progress=False).mean().item()
            for k in (1, 10, 100)]
     assert nll[0] > nll[1] > nll[2]
-    import vaerun.evaluate as ev
+    import vaerun.evaluation as ev
 
     by_device = ev.chunk_elements
     try:  # chunking over samples changes nothing but memory

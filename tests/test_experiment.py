@@ -14,7 +14,7 @@ from torch import nn
 
 from vaerun.likelihoods import Likelihood
 from vaerun.model import MLP, VAE
-from vaerun.schedules import IWAEStages, stage_of
+from vaerun.optim import IWAEStages, stage_of
 
 
 def test_the_experiment_composes_to_the_papers_protocol(tmp_path):

@@ -82,7 +82,7 @@ def test_no_function_longer_than_60_lines():
 
 
 def test_the_training_loop_knows_no_likelihood():
-    text = (PACKAGE / "train.py").read_text()
+    text = (PACKAGE / "loop.py").read_text()
     for word in ("getattr(cfg.likelihood", "variance", "min_log_sigma", "reduction"):
         assert word not in text, word
 

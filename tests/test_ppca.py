@@ -16,8 +16,8 @@ from torch.distributions import MultivariateNormal
 from vaerun import ppca
 from vaerun.assemble import build, checked, load_config, load_run
 from vaerun.data import DataConfig, Dataset
-from vaerun.evaluate import exact_metrics, iwae_nll
-from vaerun.train import train
+from vaerun.evaluation import exact_metrics, iwae_nll
+from vaerun.loop import train
 
 D, LATENT = 10, 3
 EIGEN = torch.tensor([6.0, 4.0, 2.5, 0.6, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2], dtype=torch.float64)

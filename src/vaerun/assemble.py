@@ -1,12 +1,18 @@
-"""A run assembled from its typed config: data, model with its likelihood, optimizer, and the
+"""A run assembled from its typed config: the config's last checks (device, optimizer, loss,
+memory), the data and the model with its likelihood, the optimizer and its schedule, and the
 start-or-resume decision. `vaerun train` and `vaerun eval` build runs here; it imports the part
 modules, so their registries are filled before `checked` looks them up.
+
+A checkpoint (`RunDir.CHECKPOINT`) holds model, optimizer, schedule, progress (epoch, step,
+position in the epoch's data order), every random stream and the config: only tensors and plain
+containers, so `torch.load(weights_only=True)` reads it. Its streams are CPU ones (the data
+order's generator, torch's CPU state), so a run may resume on another device type; a CUDA run
+also keeps torch's CUDA state, restored where it resumes on CUDA.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import os
@@ -17,92 +23,66 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from vaerun import checkpoint, config, slurm
-from vaerun.checkpoint import Progress
+from vaerun import config, optim, slurm
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
-from vaerun.objective import Meter, Objective
-from vaerun.runtime import resolve_device
-from vaerun.schedules import Scheduler
+from vaerun.objective import Meter, Objective, step_bytes
+from vaerun.rundir import RunDir
+from vaerun.runtime import free_memory, resolve_device, threads
 
 log = logging.getLogger("vaerun")
 
 
-def optimizer_class(spec: dict) -> type[torch.optim.Optimizer]:
-    """The torch.optim class that `optimizer._target_` names; nothing else may be named."""
-    target = spec.get("_target_")
-    name = target.rsplit(".", 1)[-1] if isinstance(target, str) else ""
-    cls = getattr(torch.optim, name, None)
-    ok = (isinstance(target, str) and target in (f"torch.optim.{name}", name)
-          and isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer))
-    require(ok, "optimizer._target_", target,
-            "must name a torch.optim optimizer, e.g. torch.optim.Adam (optimizer=adam)")
-    return cls
-
-
-def optimizer_kwargs(spec: dict) -> dict[str, Any]:
-    """`spec` less `_target_`, each key checked against the optimizer's own signature."""
-    cls = optimizer_class(spec)
-    params = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-    for k, v in kwargs.items():
-        require(k in params and k != "params", f"optimizer.{k}", v,
-                f"not a parameter of {cls.__name__}; it takes "
-                f"{', '.join(p for p in params if p not in ('params', 'self'))}")
-        require(v is None or isinstance(v, (int, float, str, list, tuple)), f"optimizer.{k}", v,
-                "must be a number, a string or a list of numbers")
-    try:  # torch checks its values (momentum >= 0, betas in [0, 1), ...) when it is built
-        cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0]
-        key = next((k for k in kwargs if k in msg), None)  # torch names the value it refuses
-        raise ConfigError(f"optimizer.{key}" if key else "optimizer",
-                          kwargs[key] if key else kwargs, msg) from None
-    return kwargs
-
-
-def memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
+    """The typed, fully checked config of a run. Training also checks the optimizer (by
+    building one, which imports torch._dynamo: an evaluation, which never steps, skips it) and
+    that a training step fits in the device's free memory."""
+    rc = config.typed(cfg)
+    device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
+    threads(rc.trainer.threads)  # SLURM_CPUS_PER_TASK, where it sets them, checked too
+    if training:
+        optim.optimizer_kwargs(rc.optimizer)
+    require(rc.loss.recon != Recon.sse or rc.likelihood.name == "gaussian", "loss.recon", "sse",
+            "the squared error is the -log p of a Gaussian decoder with one fixed sigma: add "
+            "likelihood=gaussian (its sigma is then the one the loss implies), or use loss.recon=nll")
+    sizes = Dataset.lookup(rc.dataset.name).sizes
+    n = rc.dataset.n_train or (sizes[0] if sizes else None)
+    require(n is None or rc.trainer.batch_size <= n, "trainer.batch_size", rc.trainer.batch_size,
+            f"must be at most the {n} training images (dataset.n_train)")
+    shape = Dataset.lookup(rc.dataset.name).shape_of(rc.dataset)
+    if shape is not None:
+        objective(rc, math.prod(shape)).check(rc.trainer.batch_size)
+    if training and shape is not None:
+        check_memory(rc, device)
+    return rc
 
 
 def check_memory(cfg: RunConfig, device: torch.device) -> None:
-    """Refuse a model whose weights, gradients and Adam's two moments (16 bytes a parameter)
-    exceed the device's memory, counting its parameters on the meta device (no allocation)."""
-    shape = Dataset.lookup(cfg.dataset.name).shape
-    if shape is None:
-        return
+    """Refuse a run whose training step would not fit in the device's free memory: parameters,
+    gradients, optimizer state and the checkpoint's copy of them, the activations one batch
+    keeps for the backward pass and the training data, counted on the meta device (nothing is
+    allocated)."""
+    d = math.prod(shape := Dataset.lookup(cfg.dataset.name).shape_of(cfg.dataset))
     with torch.device("meta"):
-        lik = Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, math.prod(shape),
-                                                     cfg.model.link.value)
-        n = sum(p.numel() for p in VAE(cfg.model, lik, shape).parameters())
-    need, have = 16 * n, memory_bytes(device)
+        vae = VAE(cfg.model, Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, d,
+                                                                     cfg.model.link.value), shape)
+    n = sum(p.numel() for p in vae.parameters())
+    batch = min(cfg.trainer.batch_size, cfg.trainer.eval_batch_size)
+    need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) \
+        + 4 * d * (cfg.dataset.n_train or 70000)
+    have = free_memory(device)
     if need > have:
-        sizes = {k: v for k, v in cfg.model.__dict__.items() if isinstance(v, int)}
+        sizes = {k: v for k, v in vars(cfg.model).items() if isinstance(v, int)}
         key = max(sizes, key=sizes.get)
-        raise ConfigError(f"model.{key}", sizes[key], f"the model would have {n:.3g} "
-                          f"parameters, about {need / 1e9:.3g} GB with their gradients and "
-                          f"optimizer state, and this {device.type} has {have / 1e9:.3g} GB")
-
-
-def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
-    """The typed, fully checked config of a run: devices, memory and (`training`) optimizer
-    included. Checking the optimizer builds one, and torch then imports torch._dynamo: an
-    evaluation of a saved run, which never steps, skips it."""
-    rc = config.typed(cfg)
-    device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
-    if training:
-        optimizer_kwargs(rc.optimizer)
-    check_loss(rc)
-    check_batch(rc)
-    check_memory(rc, device)
-    return rc
+        raise ConfigError(f"model.{key}", sizes[key], f"a training step would hold about "
+                          f"{need / 1e9:.3g} GB ({n:.3g} parameters with their gradients, "
+                          f"optimizer state and checkpoint, and a batch's activations) and this "
+                          f"{device.type} has {have / 1e9:.3g} GB free; make the model or "
+                          "trainer.batch_size smaller")
 
 
 def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
@@ -125,31 +105,13 @@ def objective(cfg: RunConfig, pixels: int) -> Objective:
     return Objective(cfg.loss, cfg.beta, pixels, cfg.model.latent_dim)
 
 
-def check_batch(cfg: RunConfig) -> None:
-    """A batch no larger than the training set."""
-    sizes = Dataset.lookup(cfg.dataset.name).sizes
-    n = cfg.dataset.n_train or (sizes[0] if sizes else None)
-    if n is not None and cfg.trainer.batch_size > n:
-        raise ConfigError("trainer.batch_size", cfg.trainer.batch_size,
-                          f"must be at most the {n} training images (dataset.n_train)")
-
-
-def check_loss(cfg: RunConfig) -> None:
-    """The squared error is the loss of a Gaussian decoder with one fixed σ (the implied one)."""
-    if cfg.loss.recon == Recon.sse and cfg.likelihood.name != "gaussian":
-        raise ConfigError("loss.recon", "sse", "the squared error is the -log p of a Gaussian "
-                          "decoder with one fixed sigma: add likelihood=gaussian (its sigma is "
-                          "then the one the loss implies), or use loss.recon=nll")
-
-
-def make_optimizer(cfg: RunConfig, vae: VAE) -> torch.optim.Optimizer:
-    kwargs = optimizer_kwargs(cfg.optimizer)
-    return optimizer_class(cfg.optimizer)(vae.param_groups(kwargs["lr"]), **kwargs)
-
-
-def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer):
-    """The lr schedule over epochs (scheduler=none: a constant factor of 1)."""
-    return Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps so far
+    batch: int = 0  # next batch within the current epoch
+    perm: torch.Tensor | None = None  # the current epoch's data order
+    seconds: float = 0.0  # training time so far, resumes included
 
 
 @dataclass
@@ -157,15 +119,15 @@ class Session:
     """Everything a training run holds: what its checkpoint saves and restores."""
 
     cfg: RunConfig
-    run_dir: Path
+    rd: RunDir
     device: torch.device
     data: Dataset
     vae: VAE
     opt: torch.optim.Optimizer
+    sched: Any  # the lr schedule over epochs (a torch.optim.lr_scheduler)
     gen: torch.Generator  # the data order's random stream (on the CPU)
     seed: int
-    progress: Progress
-    sched: Any = None  # the lr schedule over epochs (a torch.optim.lr_scheduler)
+    progress: Progress = field(default_factory=Progress)
     resumed: bool = False
     status: str = "running"
     meter: Meter = field(default_factory=Meter)  # train/* terms since the last logged point
@@ -178,142 +140,132 @@ class Session:
         return self.wall_before + time.perf_counter() - self.opened
 
     @property
-    def checkpoint_path(self) -> Path:
-        return checkpoint.checkpoint_path(self.run_dir)
+    def run_dir(self) -> Path:
+        return self.rd.path
 
     def save(self, status: str) -> None:
         """Write the checkpoint (atomically); `status` is what it records the run as."""
-        state = checkpoint.snapshot(
-            model=self.vae, optimizer=self.opt, order=self.gen, progress=self.progress,
-            device=self.device, seed=self.seed, status=status, meter=self.meter.state(),
-            scheduler=self.sched.state_dict(),
-            wall_seconds=self.wall_seconds, config=self.cfg.plain)
-        checkpoint.save(self.checkpoint_path, state)
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        p = self.progress
+        self.rd.save_checkpoint({
+            "model": self.vae.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "rng": {"torch": torch.get_rng_state(),
+                                                         "data": self.gen.get_state(), "cuda": cuda},
+            "epoch": p.epoch, "step": p.step, "batch": p.batch,
+            "perm": None if p.perm is None else p.perm.cpu(), "seconds": p.seconds,
+            "device": self.device.type, "seed": self.seed, "status": status,
+            "meter": self.meter.state(), "wall_seconds": self.wall_seconds,
+            "config": self.cfg.plain})
         self.status = status
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.progress = checkpoint.resume_into(state, self.vae, self.opt, self.gen, self.device)
+        self.vae.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
             self.sched.load_state_dict(state["scheduler"])
-        self.seed = state["seed"]
-        self.resumed, self.status = True, state["status"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.gen.set_state(state["rng"]["data"].cpu())
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
+        perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self.progress = Progress(state["epoch"], state["step"], state["batch"], perm,
+                                 state["seconds"])
+        self.seed, self.status = state["seed"], state["status"]
         self.meter = Meter.from_state(state.get("meter"), self.device)
-        self.wall_before = state.get("wall_seconds", 0.0)
+        self.wall_before, self.resumed = state.get("wall_seconds", 0.0), True
 
     @property
     def finished(self) -> bool:
         return self.status == "finished" and self.progress.epoch >= self.cfg.trainer.epochs
 
 
-def _seed(cfg: RunConfig) -> int:
-    s = cfg.trainer.seed
-    return s if s is not None else int.from_bytes(os.urandom(4), "little") >> 1
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ between two configs, except those a resume may change."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        return {k2: v2 for k, v in d.items() for k2, v2 in (
+            flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+    a, b, free = flat(saved), flat(current), set(config.free_keys(resume=True))
+    a.setdefault("scheduler.name", "none")  # runs saved before schedules existed
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in free]
 
 
-def _refuse_resume(cfg: RunConfig, run_dir: Path, state: dict[str, Any]) -> None:
-    """Raise Refused unless the checkpoint `state` can continue as this config."""
-    changed = checkpoint.config_changes(state["config"], cfg.plain)
-    if changed:
-        raise Refused(f"the checkpoint in {run_dir} is from another config (differs in "
+def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
+    """The checkpoint this run continues (None: a new run); Refused where it may not: a folder
+    that holds a run without trainer.resume=true, a checkpoint of another config, or one past
+    the epochs asked for."""
+    if not rd.file(rd.CHECKPOINT).exists():
+        return None
+    if (restarted := slurm.restarts()) and not cfg.trainer.resume:
+        log.info("SLURM restarted this job (restart %d): resuming %s from its checkpoint",
+                 restarted, rd)
+    elif not cfg.trainer.resume:
+        raise Refused(f"{rd} already holds a run; add trainer.resume=true to continue it, or "
+                      "choose another hydra.run.dir")
+    state = rd.load_checkpoint()
+    if changed := config_changes(state["config"], cfg.plain):
+        raise Refused(f"the checkpoint in {rd} is from another config (differs in "
                       f"{', '.join(changed)}); resume with its overrides or use another "
                       "hydra.run.dir")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
     if state["status"] == "finished" and state["epoch"] > t.epochs:
-        raise Refused(f"the run in {run_dir} finished {state['epoch']} epochs, more than "
+        raise Refused(f"the run in {rd} finished {state['epoch']} epochs, more than "
                       f"trainer.epochs={t.epochs}; resume with trainer.epochs={state['epoch']} "
                       "or more, or use another hydra.run.dir")
     if state["status"] != "finished" and epoch > t.epochs:
-        raise Refused(f"the checkpoint in {run_dir} has begun epoch {epoch} (step "
+        raise Refused(f"the checkpoint in {rd} has begun epoch {epoch} (step "
                       f"{state['step']}), past trainer.epochs={t.epochs}; resume with "
                       f"trainer.epochs={epoch} or more")
+    return state
 
 
-def start(cfg: RunConfig, run_dir: Path) -> Session:
-    """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows.
-    Refuses (Refused, before building anything) a directory that holds a run without
-    trainer.resume=true, a checkpoint of another config or device, or one past the epochs."""
-    run_dir = Path(run_dir)
-    path = checkpoint.checkpoint_path(run_dir)
-    state = None
-    if path.exists():
-        if (restarted := slurm.restarts()) and not cfg.trainer.resume:
-            log.info("SLURM restarted this job (restart %d): resuming %s from its checkpoint",
-                     restarted, run_dir)
-        elif not cfg.trainer.resume:
-            raise Refused(f"{run_dir} already holds a run; add trainer.resume=true to continue "
-                          "it, or choose another hydra.run.dir")
-        state = checkpoint.load(path)
-        _refuse_resume(cfg, run_dir, state)
+def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
+    """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows
+    (`resume_state`, before anything is built)."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    state = resume_state(cfg, rd)
     device = resolve_device(cfg.trainer.device)
-    seed = state["seed"] if state else _seed(cfg)
+    seed = state["seed"] if state else cfg.trainer.seed
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     torch.manual_seed(seed)
     data, vae = build(cfg, device)
-    opt = make_optimizer(cfg, vae)
-    session = Session(cfg, run_dir, device, data, vae, opt, torch.Generator().manual_seed(seed),
-                      seed, Progress(), make_scheduler(cfg, opt))
+    opt = optim.make_optimizer(cfg.optimizer, vae.param_groups(cfg.optimizer["lr"]))
+    sched = optim.Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
+    session = Session(cfg, rd, device, data, vae, opt, sched, torch.Generator().manual_seed(seed),
+                      seed)
     if state is not None:
-        checkpoint.restore(path, lambda: session.restore(state))
+        rd.fits(lambda: session.restore(state))
     return session
 
 
-EVAL_KEYS = ("eval.", "trainer.device", "trainer.threads")
-
-
-def load_config(run_dir: Path, overrides: dict[str, str] | None = None
+def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None
                 ) -> tuple[RunConfig, dict[str, Any]]:
-    """A saved run's checked config, with `overrides` (eval.*, trainer.device,
-    trainer.threads only) applied, and its checkpoint state."""
-    run_dir = Path(run_dir)
-    ckpt = checkpoint.checkpoint_path(run_dir)
-    if not ckpt.exists():
-        raise UserError(f"run_dir={run_dir} holds no checkpoint ({ckpt}); give a run "
-                        "directory made by vaerun train")
-    overrides = dict(overrides or {})
-    for key in overrides:
-        if not key.startswith(EVAL_KEYS):
-            raise UserError(f"{key} cannot change at evaluation; only eval.* and "
-                            "trainer.device, trainer.threads")
-    state = checkpoint.load(ckpt)
-    if not isinstance(state.get("config"), dict):
-        raise UserError(f"checkpoint {ckpt} holds no config of a run; delete it to start the "
-                        "run again")
-    check_record(run_dir, state["config"])
-    saved = OmegaConf.create(state["config"])
-    OmegaConf.set_struct(saved, True)
-    try:
-        merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(
-            [f"{k}={v}" for k, v in overrides.items()]))
-    except OmegaConfBaseException as e:
-        raise UserError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
-    return checked(merged, training=False), state
-
-
-def check_record(run_dir: Path, config: dict[str, Any]) -> None:
-    """The run's record beside its checkpoint: `.hydra/overrides.yaml` (which the report
-    labels the run by) a list of overrides, and `.hydra/config.yaml` the checkpoint's config.
-    Either may be missing; one that is there and says otherwise is refused."""
-    import yaml
-
-    for name, ok in (("overrides.yaml", lambda v: isinstance(v, list)
-                      and all(isinstance(o, str) for o in v)),
-                     ("config.yaml", lambda v: v == config)):
-        path = run_dir / ".hydra" / name
-        if not path.is_file():
-            continue
+    """A saved run's checked config, with `overrides` (eval.* and the keys that never change a
+    result only) applied, and its checkpoint state; its records must agree with it."""
+    rd = RunDir(run_dir)
+    state = rd.load_checkpoint()
+    free = config.free_keys()
+    saved = rd.record(rd.CONFIG, lambda v: isinstance(v, dict), "a config")
+    if saved is not None and OmegaConf.to_container(OmegaConf.create(saved), resolve=True) != \
+            state["config"]:
+        raise UserError(f"{rd.file(rd.CONFIG)} is not the checkpoint's config; restore it, or "
+                        "delete it (the checkpoint holds the run's config)")
+    rd.overrides()  # the record the report labels the run by: a list, or refused
+    cfg = OmegaConf.create(state["config"])
+    OmegaConf.set_struct(cfg, True)
+    for key, value in (overrides or {}).items():
+        require(key.startswith("eval.") or key in free, key, value, "cannot change at "
+                f"evaluation; only eval.* and {', '.join(free)} can")
         try:
-            good = ok(yaml.safe_load(path.read_text()))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise UserError(f"{path} is unreadable ({type(e).__name__}); restore it, or delete "
-                            "it (the checkpoint holds the run's config)") from None
-        if not good:
-            what = "a list of overrides" if name == "overrides.yaml" else "the checkpoint's config"
-            raise UserError(f"{path} is not {what}; restore it, or delete it (the checkpoint "
-                            "holds the run's config)")
+            OmegaConf.update(cfg, key, value, merge=False)
+        except Exception:  # noqa: BLE001 (OmegaConf's errors for a key it lacks)
+            raise ConfigError(key, value, "not a key of this run's config") from None
+    return checked(cfg, training=False), state
 
 
-def load_run(run_dir: Path, cfg: RunConfig, state: dict[str, Any]) -> tuple[Dataset, VAE]:
+def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any]
+             ) -> tuple[Dataset, VAE]:
     """The data and trained VAE of a saved run (`load_config`'s config and state)."""
     data, vae = build(cfg, resolve_device(cfg.trainer.device))
-    checkpoint.restore(checkpoint.checkpoint_path(run_dir),
-                       lambda: vae.load_state_dict(state["model"]))
+    RunDir(run_dir).fits(lambda: vae.load_state_dict(state["model"]))
     return data, vae

@@ -96,6 +96,11 @@ class Dataset(Registered):
         "continuous" (dequantised, (k + u)/256); likelihoods judge their bits/dim by it."""
         return "8bit"
 
+    @classmethod
+    def shape_of(cls, cfg: DataConfig) -> tuple[int, ...]:
+        """(C, H, W) of an image of these data, before any is read."""
+        return cls.shape
+
     @staticmethod
     def hparams(cfg: DataConfig) -> dict:
         return {k: v for k, v in Registered.hparams(cfg).items() if k != "download"}

@@ -1,4 +1,5 @@
-"""Errors a user can fix. The CLI prints them as one `error:` line and exits with `exit_code`."""
+"""Errors a user can fix, and how a run ends otherwise. The CLI prints each as one `error:` line
+and exits with its `exit_code`; Python callers (vaerun.api) get them raised."""
 
 from __future__ import annotations
 
@@ -26,10 +27,19 @@ class DataError(UserError):
     """A data file is missing, truncated or fails its checksum."""
 
 
-class NonFiniteError(Exception):
-    """Training produced NaN or Inf; the run stops, keeping its last good checkpoint."""
+class RunFailed(Exception):
+    """The run could not go on (exit status 3); its last good checkpoint is kept, its record
+    says `failed` and why."""
 
     exit_code = 3
+
+
+class NonFiniteError(RunFailed):
+    """Training produced NaN or Inf."""
+
+
+class OutOfMemory(RunFailed):
+    """The device ran out of memory in a step the memory check thought would fit."""
 
 
 class Interrupted(Exception):

@@ -11,10 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
-
-from vaerun.atomic import read_json, write_json
-from vaerun.errors import UserError
+from vaerun.rundir import RunDir
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("vaerun")
@@ -54,36 +51,26 @@ class ProgressLines:
                           _duration(left) if math.isfinite(left) else "?", extra)
 
 
-def read_metrics(path: Path) -> dict[str, Any]:
-    """A run's metrics.json ({} if there is none); a UserError if it is not one."""
-    if not path.exists():
-        return {}
-    try:
-        metrics = read_json(path)
-        what = f"a {type(metrics).__name__}"
-    except IsADirectoryError:
-        metrics, what = None, "a directory"
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        metrics, what = None, f"no readable JSON ({type(e).__name__})"
-    if not isinstance(metrics, dict):
-        raise UserError(f"{path} is not vaerun's record of a run: it is {what}; move it away "
-                        "(vaerun writes it anew on the next train with trainer.resume=true or "
-                        "eval)")
-    return metrics
-
-
 class RunLog:
     """metrics.json holds the latest value of every test/* tag, with the step it belongs to
     under `steps`: a value from an earlier step than the newest is dropped, so a metric of an
     older model (an IWAE of epoch 5 in a run now at epoch 6) never passes for the current one."""
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None):
-        self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.json"
-        self.metrics: dict[str, Any] = read_metrics(self.metrics_path)
+    def __init__(self, run_dir: Path | RunDir, purge_step: int | None = None):
+        self.rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.run_dir = self.rd.path
+        self.metrics: dict[str, Any] = self.rd.metrics()
         # purge_step: after a resume, TensorBoard drops the events a killed run wrote past its
         # checkpoint, so the curves continue without duplicate points.
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        self.purge_step, self._writer = purge_step, None
+
+    @property
+    def writer(self):  # noqa: ANN201 (SummaryWriter): its event file made at the first write
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=self.purge_step)
+        return self._writer
 
     def scalars(self, split: str, values: dict[str, float], step: int) -> None:
         for k, v in values.items():
@@ -92,7 +79,7 @@ class RunLog:
     def update(self, **entries: Any) -> None:
         """Merge entries into metrics.json and rewrite it atomically."""
         self.metrics.update(entries)
-        write_json(self.metrics_path, self.metrics)
+        self.rd.write_json(self.rd.METRICS, self.metrics)
 
     def update_split(self, split: str, values: dict[str, float], step: int,
                      **entries: Any) -> None:
@@ -151,13 +138,15 @@ class RunLog:
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self, quiet: bool = False) -> None:
-        """Flush and close the event file; `quiet`: a write error here is not raised (another
-        error is already on its way out)."""
+        """Flush and close the event file, if one was made; `quiet`: a write error here is not
+        raised (another error is already on its way out)."""
         try:
-            self.writer.close()
+            if self._writer is not None:
+                self._writer.close()
         except OSError:
             if not quiet:
                 raise

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from vaerun.config import LossConfig, Over, Recon
+from vaerun.config import FLOAT32_MAX, FLOAT32_TINY, LossConfig, Over, Recon, require
 from vaerun.model import VAE
 
 
@@ -50,6 +50,23 @@ class Objective:
         if self.cfg.recon == Recon.sse:
             return {"implied_sigma": math.sqrt(a_kl / (2 * a_rec))}
         return {"implied_beta": a_kl / a_rec}
+
+    def check(self, batch: int) -> None:
+        """The loss within float32: the σ² a squared-error loss implies at least float32's
+        smallest normal number (β = 0 implies σ = 0), and no term's weight so large that its sum
+        over pixels or latents, a few nats each, overflows."""
+        a_rec, a_kl = self.weights(batch)
+        keys = f"beta={self.beta:g} with loss.recon_weight={self.cfg.recon_weight:g}"
+        if self.cfg.recon == Recon.sse:
+            var = a_kl / (2 * a_rec)
+            require(var >= FLOAT32_TINY, "beta", self.beta, f"{keys} and the squared error "
+                    f"implies sigma^2 = {var:.3g}, below float32's smallest normal number "
+                    f"({FLOAT32_TINY:.3g}): raise beta, or use loss.recon=nll")
+        for key, weight in (("loss.recon_weight", batch * a_rec * self.pixels),
+                            ("beta", batch * a_kl * self.latents)):
+            require(weight <= FLOAT32_MAX / 1e6, key, self.cfg.recon_weight if key[0] == "l"
+                    else self.beta, f"{keys} weighs a term {weight:.3g} times a nat per image: "
+                    "its loss would overflow float32; use a smaller weight")
 
     def per_image(self, recon: Tensor, kl: Tensor, batch: int) -> Tensor:
         """B·(a_rec·R_i + a_kl·KL_i): their mean over the B images is the loss."""
@@ -111,6 +128,25 @@ def elbo_terms(vae: VAE, x: Tensor, objective: Objective, bce: bool = True,
             terms["bce"] = F.binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1),
                                                   reduction="none").sum(-1)
         return terms
+
+
+def step_bytes(vae: VAE, objective: Objective, batch: int) -> int:
+    """The bytes a training step on `batch` images keeps for its backward pass (the tensors
+    autograd saves), measured on a model built on the meta device: nothing is allocated."""
+    saved = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    d = vae.likelihood.dim
+    try:
+        with torch.device("meta"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            elbo_terms(vae, torch.rand(batch, d), objective, bce=False)["loss"].mean()
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel: its outputs then
+        return 16 * batch * (d + sum(p.shape[0] for p in vae.parameters() if p.dim() == 2))
+    return saved
 
 
 class Meter:

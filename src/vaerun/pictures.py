@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaerun.atomic import write_atomic
 from vaerun.model import VAE
 from vaerun.objective import seeded
+from vaerun.rundir import write_atomic
 
 
 def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> Tensor:
@@ -187,7 +187,7 @@ def save_png(grid: Tensor, path: Path) -> None:
     pixels = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
     buf = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buf, format="png")
-    write_atomic(path, lambda f: f.write(buf.getvalue()))
+    write_atomic(path, buf.getvalue())
 
 
 def all_pictures(vae: VAE, x: Tensor, kl_dims: Tensor, n_traverse: int = 5) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 
-from vaerun.atomic import read_json  # noqa: E402
+from vaerun.rundir import read_json  # noqa: E402
 from vaerun.sweeps import Group, number, swept_numeric_key  # noqa: E402
 
 SWEEP_METRICS = ["test/elbo", "test/kl", "test/active_units", "test/mse", "test/sigma_optimal",

@@ -35,8 +35,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def threads(value: int | None) -> int | None:
+    """torch's CPU threads for a run: trainer.threads, else SLURM_CPUS_PER_TASK (checked like a
+    key), else None (torch's default)."""
+    return value or slurm.cpus_per_task()
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still give: CUDA's free memory, or the kernel's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @contextlib.contextmanager
-def applied(device: torch.device, threads: int | None, deterministic: bool = False
+def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
     """The settings of the module docstring for the block; threads, determinism and the
     environment are as they were afterwards."""
@@ -46,9 +63,8 @@ def applied(device: torch.device, threads: int | None, deterministic: bool = Fal
     old_env = os.environ.get(CUBLAS)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
-    threads = threads or slurm.cpus_per_task()
-    if threads:
-        torch.set_num_threads(threads)
+    if count := threads(count):
+        torch.set_num_threads(count)
     if deterministic:
         os.environ.setdefault(CUBLAS, ":4096:8")
         torch.use_deterministic_algorithms(True)

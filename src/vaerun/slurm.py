@@ -41,8 +41,15 @@ def restarts() -> int:
 
 
 def cpus_per_task() -> int | None:
-    """The CPUs SLURM gave each task (None outside SLURM)."""
-    return _env_int("SLURM_CPUS_PER_TASK")
+    """The CPUs SLURM gave each task (None outside SLURM), checked as trainer.threads is."""
+    from vaerun.config import require_threads
+
+    value = os.environ.get("SLURM_CPUS_PER_TASK")
+    if value is None:
+        return None
+    n = int(value) if value.strip().isdigit() and len(value) < 6 else value
+    require_threads("SLURM_CPUS_PER_TASK", n)
+    return n
 
 
 def job_state() -> str | None:
@@ -69,3 +76,15 @@ def requeue_if_preempted() -> bool:
         return True
     log.warning("preempted, but `scontrol requeue %s` failed: %s", job_id(), done.stderr.strip())
     return False
+
+
+def hand_back(code: int) -> None:
+    """A job stopped by a signal has written its checkpoint: now let the scheduler bring it
+    back. USR2 (submitit's warning before the time limit): submitit's own handler requeues it
+    (and exits). SIGTERM while SLURM still says RUNNING (a preemption's grace time): requeue."""
+    import signal
+
+    if code == 128 + signal.SIGUSR2 and callable(handler := signal.getsignal(signal.SIGUSR2)):
+        handler(signal.SIGUSR2, None)
+    elif code == 128 + signal.SIGTERM:
+        requeue_if_preempted()

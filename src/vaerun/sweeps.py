@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vaerun.atomic import read_json
+from vaerun.config import free_keys
+from vaerun.errors import UserError
+from vaerun.rundir import RunDir
 
 SEED = "trainer.seed"
-IGNORED = ("trainer.resume", "trainer.device", "trainer.threads", "trainer.progress_seconds")
+IGNORED = free_keys()  # keys that never change a result: runs differing only in them are alike
 
 
 @dataclass
@@ -69,49 +69,38 @@ def number(v: str | None) -> float | None:
         return None
 
 
-def _overrides(run_dir: Path) -> tuple[dict[str, str], str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if not path.exists():
-        return {}, ""
+def _overrides(rd: RunDir) -> tuple[dict[str, str], str]:
     try:
-        items = yaml.safe_load(path.read_text())
-        if items is not None and not isinstance(items, list):
-            raise ValueError("not a list")
-    except (yaml.YAMLError, ValueError, OSError, UnicodeDecodeError) as e:
-        return {}, f".hydra/overrides.yaml is unreadable ({type(e).__name__})"
+        items = rd.overrides()
+    except UserError:
+        return {}, ".hydra/overrides.yaml is unreadable"
     out = {}
-    for item in items or []:
-        k, _, v = str(item).partition("=")
+    for item in items:
+        k, _, v = item.partition("=")
         k = k.lstrip("+~")
         if not k.startswith("hydra") and k not in IGNORED:
             out[k] = v
     return out, ""
 
 
-def _metrics(run_dir: Path) -> tuple[dict[str, Any], str]:
-    path = run_dir / "metrics.json"
-    if not path.exists():
+def _metrics(rd: RunDir) -> tuple[dict[str, Any], str]:
+    if not rd.file(rd.METRICS).exists():
         return {"status": "not started"}, ""
     try:
-        metrics = read_json(path)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        return {}, f"metrics.json is unreadable ({type(e).__name__})"
-    if not isinstance(metrics, dict):
-        return {}, f"metrics.json holds a {type(metrics).__name__}, not a record of a run"
-    return metrics, ""
+        return rd.metrics(), ""
+    except UserError as e:
+        return {}, f"metrics.json is unreadable: {str(e).split(': ', 1)[-1].split(';')[0]}"
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:
-    """Every run directory under sweep_dir: one holding metrics.json or .hydra/overrides.yaml."""
-    dirs = {p.parent for p in sweep_dir.rglob("metrics.json")}
-    dirs |= {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    """Every run below sweep_dir: each folder that carries vaerun's run marker."""
     runs = []
-    for d in sorted(dirs):
-        if d == sweep_dir and len(dirs) > 1:
-            continue
-        overrides, bad_overrides = _overrides(d)
-        metrics, bad_metrics = _metrics(d)
-        runs.append(Run(d, overrides, metrics, bad_metrics or bad_overrides))
+    for d in sorted({p.parent for p in Path(sweep_dir).rglob(RunDir.MARKER)}):
+        rd = RunDir(d)
+        if rd.kind() == "run":
+            overrides, bad_overrides = _overrides(rd)
+            metrics, bad_metrics = _metrics(rd)
+            runs.append(Run(d, overrides, metrics, bad_metrics or bad_overrides))
     return runs
 
 

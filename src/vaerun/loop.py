@@ -3,7 +3,7 @@
 Data sits in memory on the device; each epoch draws a seeded permutation and slices batches
 from it. Per-step terms are summed on the device and read back every `trainer.log_every` steps.
 Every epoch ends with the test-set ELBO terms (TensorBoard + metrics.json) and a checkpoint;
-the run ends with the evaluation of vaerun.evaluate. Stop signals are honoured from start-up to
+the run ends with the evaluation of vaerun.evaluation. Stop signals are honoured from start-up to
 the last write. The loop knows no likelihood: it asks the parts what to say.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,43 +22,42 @@ from tqdm import tqdm
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
-from vaerun.errors import Interrupted, NonFiniteError, Refused, UserError
-from vaerun.evaluate import evaluate_run, write_pictures
-from vaerun.logs import ProgressLines, RunLog, read_metrics
+from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
+from vaerun.evaluation import evaluate_run, write_pictures
+from vaerun.logs import ProgressLines, RunLog
 from vaerun.objective import Meter, elbo_terms, evaluate
-from vaerun.rundir import RunLock, clean_stale_temporaries, write_files
+from vaerun.rundir import RunDir
 from vaerun.signals import StopRequests
 
 log = logging.getLogger("vaerun")
 
 
-def train(cfg: RunConfig, run_dir: Path, record: dict[str, str] | None = None,
-          stop: StopRequests | None = None, compare: list[str] | tuple = ()) -> dict[str, Any]:
-    """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the
-    directory's lock; returns its metrics.json content. `record`: files (the job's config) to
-    write into it once it is accepted. `stop`: the command's stop requests (else the run
-    installs its own for its duration). Raises Interrupted on a stop signal, after writing the
-    checkpoint if anything was started. torch's process-wide settings are handed back after.
-    `compare`: the keys the command varied, HParams' first columns."""
-    run_dir, opened = Path(run_dir), time.perf_counter()
+def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequests | None = None,
+          compare: list[str] | tuple = ()) -> dict[str, Any]:
+    """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the folder's
+    lock and marking it vaerun's; its metrics.json content. `stop`: the command's stop requests
+    (else the run installs its own for its duration). Raises Interrupted on a stop signal,
+    after writing the checkpoint if anything was started. torch's process-wide settings are
+    handed back after. `compare`: the keys the command varied, HParams' first columns."""
+    rd, opened = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir), time.perf_counter()
     t = cfg.trainer
     device = runtime.resolve_device(t.device)
     with (contextlib.nullcontext(stop) if stop else StopRequests()) as stop, \
-            RunLock(run_dir, "train") as lock, runtime.applied(device, t.threads, t.deterministic):
+            rd.locked("train"), runtime.applied(device, t.threads, t.deterministic):
         stop.check()  # asked to stop before anything started: leave nothing behind
         try:
-            session = assemble.start(cfg, run_dir)
-            read_metrics(run_dir / "metrics.json")  # a record it could not update: refused now
+            session = assemble.start(cfg, rd)
+            rd.metrics()  # a record it could not update: refused now
         except UserError as e:  # a run not accepted: its records stay as they were
             raise Refused(str(e)) from None
         session.opened = opened
-        lock.claim()
-        clean_stale_temporaries(run_dir)
+        rd.mark("run")
+        rd.claim()
+        rd.clean_temporaries()
         if session.finished:
-            log.info("%s is already finished (%d epochs); nothing to do", run_dir,
+            log.info("%s is already finished (%d epochs); nothing to do", rd,
                      session.progress.epoch)
-            return read_metrics(run_dir / "metrics.json")
-        write_files(run_dir, record or {})
+            return rd.metrics()
         return _train(session, stop, list(compare))
 
 
@@ -73,8 +72,15 @@ def _train(session: Session, stop: StopRequests, compare: list[str]) -> dict[str
                                               session.cfg.likelihood.name))
     try:
         metrics = trainer.run()
-    except NonFiniteError as e:
-        trainer.record("failed", error=str(e))
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        oom = OutOfMemory(f"out of memory ({type(e).__name__}) at epoch {p.epoch + 1}, step "
+                          f"{p.step}; the last good checkpoint is kept; make the model or "
+                          "trainer.batch_size smaller")
+        trainer.record("failed", error=str(oom), exit_code=oom.exit_code)
+        runlog.close(quiet=True)
+        raise oom from None
+    except RunFailed as e:
+        trainer.record("failed", error=str(e), exit_code=e.exit_code)
         runlog.close(quiet=True)
         raise
     except BaseException:
@@ -222,7 +228,7 @@ class Trainer:
             self.checkpoint("interrupted")
             raise
         log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(), HEADLINE,
+        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(self.compare), HEADLINE,
                             first=self.compare, trial=s.run_dir.name)
         self.checkpoint("finished")
         log.info("finished %s", s.run_dir)

@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vaerun.atomic import write_atomic
 from vaerun.errors import UserError
+from vaerun.rundir import RunDir
 from vaerun.sweeps import SEED, Group, Run, find_runs, group_runs, is_number, varying_keys
 
 FIRST = ["test/loss", "test/elbo", "test/log_px_z", "test/kl", "test/mse", "test/bce",
@@ -119,26 +119,27 @@ def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
     return out
 
 
-def report(sweep_dir: Path) -> list[Path]:
-    """Write every report file into sweep_dir; returns their paths."""
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise UserError(f"sweep_dir={sweep_dir} is not a directory; give a multirun directory "
+def report(rd: RunDir) -> list[Path]:
+    """Write every report file into the sweep's folder (one vaerun made); their paths."""
+    where = rd.given
+    if not rd.path.is_dir():
+        raise UserError(f"sweep_dir={where} is not a directory; give a multirun directory "
                         "(e.g. outputs/multirun/...)")
-    runs = find_runs(sweep_dir)
+    runs = find_runs(rd.path)
     if not runs:
-        raise UserError(f"sweep_dir={sweep_dir} holds no runs (no metrics.json below it); give "
-                        "a directory made by vaerun train -m")
+        raise UserError(f"sweep_dir={where} holds no runs (no vaerun run below it); give a "
+                        "directory made by vaerun train -m")
+    if rd.kind() not in ("sweep", "run"):
+        raise UserError(f"sweep_dir={where} is not a folder vaerun made (no .vaerun marker), and a "
+                        "report writes only into vaerun's own; give the sweep's folder itself")
     keys = varying_keys([r for r in runs if not r.problem])
     finished = [r for r in runs if r.status == "finished"]
     groups = group_runs(finished, keys)
     metrics = metric_names(groups)
     files: dict[str, bytes] = {
         "report.csv": csv_text(groups, keys, metrics).encode(),
-        "report.md": markdown_text(sweep_dir, groups, keys, metrics,
+        "report.md": markdown_text(rd.path, groups, keys, metrics,
                                    [r for r in runs if r.status != "finished"]).encode()}
     if groups:
         files.update(figures(groups, keys))
-    for name, data in files.items():  # all made: now written, each atomically
-        write_atomic(sweep_dir / name, lambda f, data=data: f.write(data))
-    return [sweep_dir / name for name in files]
+    return [rd.write(name, data) for name, data in files.items()]  # all made: now written

@@ -34,7 +34,6 @@ from torch.distributions import Distribution, kl_divergence
 from tqdm import tqdm
 
 from vaerun import ppca
-from vaerun.atomic import write_json
 from vaerun.data import Dataset
 from vaerun.logs import ProgressLines, RunLog
 from vaerun.model import VAE
@@ -44,7 +43,6 @@ from vaerun.pictures import all_pictures, draw, save_png
 log = logging.getLogger("vaerun")
 
 ACTIVE_THRESHOLD = 0.01
-KL_FILE = "kl_per_dim.json"  # what the report draws of a run's latent dimensions
 
 
 def chunk_elements(device: torch.device) -> int:
@@ -174,7 +172,7 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
         _, kl_dims = posterior_stats(vae, data.test[:n_images], 1000)
     for name, grid in all_pictures(vae, data.test[:n_images], kl_dims).items():
         runlog.writer.add_image(f"images/{name}", grid, step)
-        save_png(grid, runlog.run_dir / "images" / f"{name}.png")
+        save_png(grid, runlog.rd.file(runlog.rd.IMAGES) / f"{name}.png")
 
 
 @torch.no_grad()
@@ -266,7 +264,7 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
         log.info("exact -log p(x) = %.4f nats per image; the bounds lie above it by: %s",
                  metrics["nll_exact"], ", ".join(g for g in gaps if g))
     predicted = metrics.pop("ppca_kl_dims", None)
-    write_json(runlog.run_dir / KL_FILE, {
+    runlog.rd.write_json(runlog.rd.KL, {
         "step": step, "measured": kl_dims.tolist(), "ppca": predicted,
         "ppca_sigma": metrics.get("ppca_sigma"), "about": "mean KL(q(z_i|x) || p(z_i)) of each "
         "latent dimension over the test images, nats; ppca: 1/2 log(lambda_i / sigma^2) of the "

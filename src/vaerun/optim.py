@@ -1,6 +1,11 @@
-"""Learning-rate schedules over epochs: each a registered class (a `name`, a `Config`, `build`)
-and one yaml in conf/scheduler/. The schedule steps once at the end of every epoch, and its
-state is saved in the checkpoint beside the optimizer's, so a resume continues it exactly.
+"""The optimizer and its learning-rate schedule.
+
+The optimizer is a torch.optim class named by `optimizer._target_` (nothing else may be named),
+its keys checked against that class's own signature and values by building one.
+
+Schedules over epochs are registered classes (a `name`, a `Config`, `build`) with one yaml each
+in conf/scheduler/. A schedule steps once at the end of every epoch, and its state is saved in
+the checkpoint beside the optimizer's, so a resume continues it exactly.
 
 - `none`: the optimizer's lr throughout (the default);
 - `step`: lr · gamma^⌊epoch / step_size⌋ (torch's StepLR);
@@ -11,6 +16,7 @@ state is saved in the checkpoint beside the optimizer's, so a resume continues i
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,6 +24,46 @@ from typing import Any, ClassVar
 import torch
 
 from vaerun.config import Registered, require, require_at_least, require_positive
+from vaerun.errors import ConfigError
+
+
+def optimizer_class(spec: dict) -> type[torch.optim.Optimizer]:
+    """The torch.optim class that `optimizer._target_` names; nothing else may be named."""
+    target = spec.get("_target_")
+    name = target.rsplit(".", 1)[-1] if isinstance(target, str) else ""
+    cls = getattr(torch.optim, name, None)
+    ok = (isinstance(target, str) and target in (f"torch.optim.{name}", name)
+          and isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer))
+    require(ok, "optimizer._target_", target,
+            "must name a torch.optim optimizer, e.g. torch.optim.Adam (optimizer=adam)")
+    return cls
+
+
+def optimizer_kwargs(spec: dict) -> dict[str, Any]:
+    """`spec` less `_target_`, each key checked against the optimizer's own signature, the
+    values by torch itself (momentum >= 0, betas in [0, 1), ...) building one."""
+    cls = optimizer_class(spec)
+    params = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    for k, v in kwargs.items():
+        require(k in params and k != "params", f"optimizer.{k}", v,
+                f"not a parameter of {cls.__name__}; it takes "
+                f"{', '.join(p for p in params if p not in ('params', 'self'))}")
+        require(v is None or isinstance(v, (int, float, str, list, tuple)), f"optimizer.{k}", v,
+                "must be a number, a string or a list of numbers")
+    try:
+        cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0]
+        key = next((k for k in kwargs if k in msg), None)  # torch names the value it refuses
+        raise ConfigError(f"optimizer.{key}" if key else "optimizer",
+                          kwargs[key] if key else kwargs, msg) from None
+    return kwargs
+
+
+def make_optimizer(spec: dict, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimizer over `param_groups` (the model's, some with their own lr)."""
+    return optimizer_class(spec)(param_groups, **optimizer_kwargs(spec))
 
 
 @dataclass
