@@ -24,8 +24,8 @@ from test_gpu_ready import Count, composed  # noqa: E402  (the op counter the te
 
 from vaerun import assemble  # noqa: E402
 from vaerun.logs import RunLog  # noqa: E402
-from vaerun.signals import StopRequests  # noqa: E402
 from vaerun.loop import Trainer  # noqa: E402
+from vaerun.signals import StopRequests  # noqa: E402
 
 N = 8192  # training images: enough batches of the largest size asked for
 

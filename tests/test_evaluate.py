@@ -13,10 +13,10 @@ from torch import nn
 from torch.distributions import MultivariateNormal
 
 from vaerun.data import MNIST, MNISTBinary
+from vaerun.elbo import seeded
 from vaerun.evaluation import iwae_nll, log_weights, posterior_stats
 from vaerun.likelihoods import Gaussian, Likelihood
 from vaerun.model import MLP, VAE
-from vaerun.objective import seeded
 
 
 class IdentityMeanGaussian(Gaussian):
@@ -90,7 +90,7 @@ def test_iwae_tightens_with_k_on_a_trained_model_and_bounded_memory_chunks():
     opt = torch.optim.Adam(vae.parameters(), 3e-3)
     gen = data.noise(0)
     from vaerun.config import LossConfig
-    from vaerun.objective import Objective, elbo_terms
+    from vaerun.elbo import Objective, elbo_terms
 
     objective = Objective(LossConfig(), 1.0, 784, 8)
 

@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vaerun import assemble
 from vaerun.logs import RunLog
-from vaerun.signals import StopRequests
 from vaerun.loop import Trainer
+from vaerun.signals import StopRequests
 
 # (autograd's own constants, such as torch.where's backward's scalar_tensor(0), are made on the
 # gradient's device by a fill kernel: no copy, no sync, and not counted)

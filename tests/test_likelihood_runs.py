@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from torch.distributions import Bernoulli, ContinuousBernoulli, Laplace, Normal
 
 from vaerun.assemble import build, checked
-from vaerun.objective import seeded
+from vaerun.elbo import seeded
 
 
 def direct(name: str, cfg, lik, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, ContinuousBernoulli, Laplace, Normal, kl_divergence
 
 from vaerun.config import LossConfig
+from vaerun.elbo import Meter, Objective, elbo_terms
 from vaerun.likelihoods import GaussianLearned, Likelihood
 from vaerun.model import MLP, VAE
-from vaerun.objective import Meter, Objective, elbo_terms
 
 D = 784
 torch.manual_seed(0)

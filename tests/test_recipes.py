@@ -13,7 +13,7 @@ from conftest import SMALL, scalars
 
 from vaerun import assemble
 from vaerun.data import MNIST
-from vaerun.objective import elbo_terms
+from vaerun.elbo import elbo_terms
 
 RECIPES = ["pytorch_examples", "keras", "antixk", "lightning_bolts", "pythae", "mse_sum",
            "sigma_vae"]

@@ -56,7 +56,7 @@ def test_report_aggregates_seeds_exactly(vaerun, tmp_path, capsys):
 REPORT_ALONE = """
 import sys
 for name in ("torch", "vaerun.loop", "vaerun.evaluation", "vaerun.assemble", "vaerun.model",
-             "vaerun.objective", "vaerun.likelihoods", "vaerun.data"):
+             "vaerun.elbo", "vaerun.likelihoods", "vaerun.data"):
     sys.modules[name] = None  # importing any of them now fails
 from vaerun.cli import main
 sys.exit(main(["report", "sweep_dir=" + sys.argv[1]]))

@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from vaerun import config, optim, slurm
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
+from vaerun.elbo import Meter, Objective, step_bytes
 from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
-from vaerun.objective import Meter, Objective, step_bytes
 from vaerun.rundir import RunDir
 from vaerun.runtime import free_memory, resolve_device, threads
 

@@ -1,14 +1,9 @@
-"""Config schemas and their checks: the bottom of the house (it imports no stage).
-
-`typed(cfg)` merges each part of a composed config onto its dataclass schema (a wrong type or an
-unknown key fails here, before any data is read), bounds every number in it (`bounded`: one rule
-for all keys), and runs each schema's `check()` for ranges. Pluggable parts (dataset, likelihood,
-model, scheduler) subclass `Registered`: each registers itself by `name` in its group's registry
-and carries its own `Config`, so a new one is one small class plus one yaml file.
-
-What does not change a result is said once, as field metadata: `result=False` (never changes a
-number: left out of folder names and sweep groups, last in HParams, free at evaluation) and
-`resume=True` (may change when a run resumes, e.g. trainer.epochs). `free_keys()` reads it.
+"""Config schemas and their checks, the bottom of the house (it imports no stage): `typed(cfg)`
+merges each part of a composed config onto its dataclass schema (a wrong type or an unknown key
+fails here), bounds every number (`bounded`, one rule for all keys) and runs each `check()`.
+Pluggable parts (dataset, likelihood, model, scheduler) subclass `Registered`: a new one is one
+small class plus one yaml file. What does not change a result is said once, as field metadata
+(NEUTRAL: never changes a number; RESUMABLE: may change when a run resumes): `free_keys()`.
 """
 
 from __future__ import annotations
@@ -52,8 +47,7 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def require_positive(key: str, value: Any) -> None:
-    """A number > 0 that float32 holds as a normal number (torch computes in float32, where a
-    denormal or an overflow makes its logarithm a NaN or an infinity)."""
+    """A number > 0 that float32 holds as a normal number (else its log is a NaN or inf)."""
     ok = is_number(value) and FLOAT32_TINY <= value <= FLOAT32_MAX
     require(ok, key, value, f"must be a number > 0 that float32 holds, from {FLOAT32_TINY:.4g} "
             f"to {FLOAT32_MAX:.4g}")
@@ -65,8 +59,8 @@ def require_at_least(key: str, value: Any, low: int) -> None:
 
 
 def bounded(node: Any, path: str = "") -> None:
-    """Every number of a config within what torch computes with: floats finite and within
-    float32's range, integers within int64's (so no seed, size or weight overflows later)."""
+    """Every number of a config within what torch computes with: floats finite and in float32's
+    range, integers in int64's."""
     if isinstance(node, dict):
         for k, v in node.items():
             bounded(v, f"{path}.{k}" if path else str(k))
@@ -81,8 +75,8 @@ def bounded(node: Any, path: str = "") -> None:
 
 
 class Registered:
-    """Base of pluggable parts: every subclass that sets `name` is listed in its base's
-    `registry`; its nested dataclass `Config` is the schema of its config group."""
+    """Base of pluggable parts: a subclass that sets `name` is listed in its group's `registry`;
+    its nested dataclass `Config` is the schema of its config group."""
 
     registry: ClassVar[dict[str, type]]
     name: ClassVar[str] = ""
@@ -132,9 +126,19 @@ def to_schema(key: str, node: Any, schema: type) -> Any:
 
 
 def typed_group(key: str, node: Any) -> Any:
-    """The checked Config instance of the registered part that `node.name` names."""
+    """The checked Config instance of the registered part that `node.name` names; a key of
+    another option (a recipe's likelihood.variance with likelihood=gaussian) names that one."""
     cls = lookup(key, node.get("name") if isinstance(node, DictConfig) else None)
-    obj = to_schema(key, node, cls.Config)
+    try:
+        obj = to_schema(key, node, cls.Config)
+    except ConfigError as e:
+        sub = e.key.split(".")[1] if e.key.count(".") == 1 else ""
+        has = [n for n, c in REGISTRIES[key].items() if sub in {f.name for f in fields(c.Config)}]
+        if not has or sub in {f.name for f in fields(cls.Config)}:
+            raise
+        raise ConfigError(e.key, None, "", f"{e.key} is a key of {key}={', '.join(has)}, not of "
+                          f"{key}={cls.name}: choose {key}={has[0]} (a recipe that sets "
+                          f"{e.key} needs it), or drop the key") from None
     cls.validate(obj, key)
     return obj
 
@@ -207,14 +211,9 @@ class Recon(str, enum.Enum):
 
 @dataclass
 class LossConfig:
-    """The loss as its code writes it: over a batch of B images with D pixels and d latents,
-
-        loss = recon_weight · [Σ or mean over the batch] [Σ or mean over the pixels] R
-             + beta · [Σ or mean over the batch] [Σ or mean over the latents] KL,
-
-    R the reconstruction term of each pixel (recon: the likelihood's −log p, or the squared
-    error), KL that of each latent. A mean over pixels, latents or the batch is a factor 1/D,
-    1/d or 1/B. `name`, `written` and `source` say what it is (a recipe's, or the user's)."""
+    """The loss as its code writes it, over a batch of B images of D pixels and d latents:
+    recon_weight · [Σ|mean over the batch] [Σ|mean over pixels] R + beta · [Σ|mean over the
+    batch] [Σ|mean over latents] KL, R each pixel's −log p (nll) or squared error (sse)."""
 
     name: str = "elbo"
     recon: Recon = Recon.nll
@@ -244,9 +243,7 @@ def free_keys(resume: bool = False) -> list[str]:
 
 
 @dataclass
-class RunConfig:
-    """The whole run, typed and checked: what training and evaluation read."""
-
+class RunConfig:  # the whole run, typed and checked: what training and evaluation read
     dataset: Any
     likelihood: Any
     model: Any

@@ -18,9 +18,9 @@ class Refused(UserError):
 class ConfigError(UserError):
     """A config key holds a value that is not allowed."""
 
-    def __init__(self, key: str, value: object, allowed: str):
+    def __init__(self, key: str, value: object, allowed: str, message: str = ""):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        super().__init__(message or f"{key}={value!r} is not allowed: {allowed}")
 
 
 class DataError(UserError):

@@ -35,9 +35,9 @@ from tqdm import tqdm
 
 from vaerun import ppca
 from vaerun.data import Dataset
+from vaerun.elbo import Objective, evaluate, seeded
 from vaerun.logs import ProgressLines, RunLog
 from vaerun.model import VAE
-from vaerun.objective import Objective, evaluate, seeded
 from vaerun.pictures import all_pictures, draw, save_png
 
 log = logging.getLogger("vaerun")

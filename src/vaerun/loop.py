@@ -22,10 +22,10 @@ from tqdm import tqdm
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
+from vaerun.elbo import Meter, elbo_terms, evaluate
 from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
 from vaerun.evaluation import evaluate_run, write_pictures
 from vaerun.logs import ProgressLines, RunLog
-from vaerun.objective import Meter, elbo_terms, evaluate
 from vaerun.rundir import RunDir
 from vaerun.signals import StopRequests
 
@@ -115,6 +115,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         s, t = self.s, self.cfg.trainer
+        for stale in ("error", "exit_code"):  # what an earlier, failed command recorded
+            self.runlog.metrics.pop(stale, None)
         if s.resumed:
             log.info("resuming %s at epoch %d, step %d", s.run_dir, self.p.epoch, self.p.step)
         else:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vaerun.elbo import seeded
 from vaerun.model import VAE
-from vaerun.objective import seeded
 from vaerun.rundir import write_atomic
 
 

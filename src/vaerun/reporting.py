@@ -68,9 +68,14 @@ def csv_text(groups: list[Group], keys: list[str], metrics: list[str]) -> str:
 
 def _cell(g: Group, m: str) -> str:
     mean, std = g.mean_std(m)
-    if math.isnan(mean):
-        return "—"
+    if math.isnan(mean):  # no finite value: none, or one too large for a float
+        return "overflow" if any(is_number(r.metrics.get(m)) for r in g.runs) else "—"
     return f"{mean:.4g}" if math.isnan(std) or std == 0 else f"{mean:.4g} ± {std:.2g}"
+
+
+def row(cells: list[str]) -> str:
+    """A markdown table row, a `|` inside a cell escaped (an override may hold one)."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _unit(metric: str) -> str:
@@ -90,10 +95,9 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
     if constant:
         lines += ["The same in every run: " + ", ".join(
             f"{_unit(m)} = {v:.4g}" for m, v in constant.items()) + ".", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += [row(head), "|" + " --- |" * len(head)]
     for g in groups:
-        cells = [v for _, v in g.key] + [str(len(g.runs))] + [_cell(g, m) for m in shown]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(row([v for _, v in g.key] + [str(len(g.runs))] + [_cell(g, m) for m in shown]))
     lines += ["", "## Unfinished or failed runs", ""]
     for r in unfinished:
         why = f": {r.metrics['error']}" if r.metrics.get("error") else ""

@@ -83,11 +83,19 @@ def _overrides(rd: RunDir) -> tuple[dict[str, str], str]:
     return out, ""
 
 
+def as_float(v: Any) -> Any:
+    """A number as a float (one too large for a float: an infinity of its sign), else itself."""
+    try:
+        return float(v) if is_number(v) else v
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def _metrics(rd: RunDir) -> tuple[dict[str, Any], str]:
     if not rd.file(rd.METRICS).exists():
         return {"status": "not started"}, ""
     try:
-        return rd.metrics(), ""
+        return {k: as_float(v) for k, v in rd.metrics().items()}, ""
     except UserError as e:
         return {}, f"metrics.json is unreadable: {str(e).split(': ', 1)[-1].split(';')[0]}"
 

@@ -1,0 +1,212 @@
+"""The front hall: only the keys a user may set, whichever way they arrive (the command line, a
+yaml of -cd or hydra.searchpath, a run's own records), resolved paths, vaerun's own marker, and
+the Python API. Each break the attack campaign found: one `error:` line, exit 2, nothing run,
+nothing of the user's changed (a listing of names, sizes and times before and after)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SMALL, run_process
+
+import vaerun
+
+SRC = Path(vaerun.__file__).parent
+
+
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def refused(args: list[str], cwd: Path, says: str, env: dict | None = None) -> str:
+    """Run `vaerun ARGS` and check it is refused with one line saying `says`, changing nothing
+    under `cwd`."""
+    before = listing(cwd)
+    proc = run_process(args, cwd=cwd, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert listing(cwd) == before
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    where = tmp_path_factory.mktemp("finished")
+    run = where / "run"
+    assert run_process(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={run}"],
+                       cwd=where).returncode == 0
+    return run
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("line, says", [
+    ("+hydra.job.env_set.PATH=/nowhere", "hydra.job.env_set"),
+    ("hydra.job_logging.handlers.file.filename={victim}", "hydra.job_logging"),
+])
+def test_a_tampered_record_cannot_set_hydras_keys_on_a_plain_resume(finished, tmp_path, line,
+                                                                    says):
+    run, victim = copy_of(finished, tmp_path), tmp_path / "victim.txt"
+    victim.write_text("mine")
+    record = run / ".hydra" / "overrides.yaml"
+    record.write_text(record.read_text() + f"- {line.format(victim=victim)}\n")
+    refused(["train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"],
+            tmp_path, says)
+    assert victim.read_text() == "mine"
+
+
+def test_job_logging_from_the_command_line_is_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    refused(["train", *SMALL, f"hydra.job_logging.handlers.file.filename={victim}",
+             "+hydra.job_logging.handlers.file.mode=w"], tmp_path, "hydra.job_logging")
+    assert victim.read_text() == "mine"
+
+
+@pytest.mark.parametrize("flag", ["-cd", "searchpath"])
+def test_job_logging_from_a_yaml_is_refused(tmp_path, flag):
+    victim, conf = tmp_path / "victim.txt", tmp_path / "conf" / "experiment"
+    victim.write_text("mine")
+    conf.mkdir(parents=True)
+    (conf / "evil.yaml").write_text(f"# @package _global_\nhydra:\n  job_logging:\n    handlers:\n"
+                                    f"      file:\n        filename: {victim}\n        mode: w\n")
+    where = ["-cd", str(tmp_path / "conf")] if flag == "-cd" else [
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
+    refused(["train", *SMALL, *where, "experiment=evil"], tmp_path, "hydra.job_logging")
+    assert victim.read_text() == "mine"
+
+
+def test_a_symlink_into_a_system_folder_is_refused(tmp_path):
+    (tmp_path / "link").symlink_to("/etc")
+    refused(["train", *SMALL, f"hydra.run.dir={tmp_path / 'link' / 'vaerun'}"], tmp_path,
+            "/etc/vaerun is a system folder")
+
+
+def test_a_double_slash_path_is_resolved_before_it_is_checked(tmp_path):
+    refused(["train", *SMALL, "hydra.run.dir=//var/tmp/vaerun-run"], tmp_path,
+            "/var/tmp/vaerun-run is a system folder")
+    assert not Path("/var/tmp/vaerun-run").exists()
+
+
+@pytest.mark.parametrize("subdir", ["/var/tmp/vaerun-x", "."])
+def test_the_sweep_subdir_is_vaeruns(tmp_path, subdir):
+    refused(["train", "-m", *SMALL, "trainer.seed=1,2", f"hydra.sweep.dir={tmp_path / 's'}",
+             f"hydra.sweep.subdir={subdir}"], tmp_path, "hydra.sweep.subdir")
+
+
+def test_hydra_mode_is_refused_however_spelled(tmp_path):
+    refused(["train", *SMALL, "hydra.mode=RunMode.MULTIRUN", "trainer.seed=1,2"], tmp_path,
+            "hydra.mode")
+
+
+@pytest.mark.parametrize("name", ["train.log", "metrics.json"])
+def test_a_folder_with_a_foreign_log_or_record_is_not_taken_for_a_run(tmp_path, name):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / name).write_text('{"status": "finished"}' if name.endswith("json") else "my log")
+    line = refused(["train", *SMALL, "trainer.resume=true", f"hydra.run.dir={mine}"], tmp_path,
+                   "did not write")
+    assert name in line
+
+
+def test_a_report_never_writes_into_a_folder_it_did_not_make(finished, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    copy_of(finished, mine)
+    (mine / "report.md").write_text("my own notes")
+    refused(["report", f"sweep_dir={mine}"], tmp_path, "not a folder vaerun made")
+    assert (mine / "report.md").read_text() == "my own notes"
+
+
+def test_a_resolver_built_from_an_interpolation_is_refused(tmp_path):
+    env = {**os.environ, "VAERUN_SECRET": "s3cr3t"}
+    refused(["train", *SMALL, "loss.name=env", "loss.written='${oc.${loss.name}:VAERUN_SECRET}'"],
+            tmp_path, "resolver", env=env)
+
+
+def test_no_private_api_of_hydra_or_submitit():
+    text = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
+    assert not re.findall(r"hydra\._internal|_return_value|_EXECUTOR", text)
+
+
+def front_hall_lines() -> dict[str, int]:
+    """The front hall's modules, and any module that imports hydra, omegaconf, argparse,
+    signal or submitit: their lines."""
+    hall = {"cli", "gate", "api", "config", "assemble", "rundir", "logs", "signals", "slurm",
+            "runtime", "errors"}
+    pattern = re.compile(r"^\s*(import|from) (hydra|omegaconf|argparse|signal|submitit)\b", re.M)
+    return {p.stem: len(p.read_text().splitlines()) for p in SRC.glob("*.py")
+            if p.stem in hall or pattern.search(p.read_text())}
+
+
+def test_the_front_hall_is_small():
+    lines = front_hall_lines()
+    assert sum(lines.values()) <= 1450, lines
+
+
+# -- the Python API -----------------------------------------------------------------------------
+def test_two_trainings_in_one_process_return_their_metrics_and_leave_it_as_it_was(tmp_path,
+                                                                                  monkeypatch):
+    import logging
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.chdir(tmp_path)
+    mine = lambda signum, frame: None  # noqa: E731
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    old = {s: signal.signal(s, mine) for s in sigs}
+    root = logging.getLogger()
+    handlers, threads = root.handlers[:], torch.get_num_threads()
+    try:
+        a = vaerun.train([*SMALL, "trainer.epochs=1"], run_dir=tmp_path / "a")
+        b = vaerun.train([*SMALL, "trainer.epochs=1", "likelihood=gaussian"], run_dir="b")
+        assert a["status"] == b["status"] == "finished"
+        assert a["test/elbo"] != b["test/elbo"] and "test/sigma" in b
+        assert all(signal.getsignal(s) is mine for s in sigs)
+        assert root.handlers == handlers and torch.get_num_threads() == threads
+        assert not GlobalHydra.instance().is_initialized()
+        again = vaerun.evaluate(tmp_path / "a", ["eval.iwae_k=3"])
+        assert again["iwae_k"] == 3
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(vaerun.ConfigError, match="did you mean trainer.epochs"):
+        vaerun.train(["trainer.epoch=3"])
+    with pytest.raises(vaerun.ConfigError, match="hydra.job.env_set"):
+        vaerun.compose(["+hydra.job.env_set.X=1"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_loss_pieces_of_a_line_of_ones_own():
+    cfg = vaerun.compose(["recipe=antixk"])
+    assert vaerun.implied_sigma(cfg) == pytest.approx((0.00025 * 784 / 2) ** 0.5)
+    assert vaerun.implied_beta(vaerun.compose(["beta=0.5"])) == 0.5
+    a_rec, a_kl = vaerun.objective(cfg).weights(cfg.trainer.batch_size)
+    assert a_rec == pytest.approx(1 / (128 * 784)) and a_kl == pytest.approx(0.00025 / 128)
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
