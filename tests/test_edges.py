@@ -199,7 +199,7 @@ def test_a_record_of_nested_yaml_aliases_is_refused_fast(finished, tmp_path):
     shutil.copytree(finished, run)
     (run.parent / ".vaerun").write_text('{"vaerun": 1, "kind": "sweep"}')
     bomb = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
-        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefg", "bcdefgh")]
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefg", "bcdefgh", strict=True)]
     (run / ".hydra" / "overrides.yaml").write_text("\n".join(bomb) + "\n")
     started = time.monotonic()
     proc = run_process(["report", f"sweep_dir={run.parent}"], cwd=tmp_path)
