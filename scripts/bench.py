@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import resource
 import shutil
@@ -261,6 +262,31 @@ def bench_torch_import():
     return run
 
 
+def startup(a) -> int:
+    """`vaerun train trainer.epochs=0 eval.iwae_k=0 eval.quality_images=0` as a whole process
+    against one that imports torch and builds an optimizer, round-robin, medians."""
+    tmp = Path(tempfile.mkdtemp(prefix="vaerun-bench-"))
+    loops = {"startup": bench_process(tmp, "startup", ["trainer.epochs=0", "eval.iwae_k=0",
+                                                        "eval.quality_images=0"], a.threads,
+                                      a.device),
+             "torch_import": bench_torch_import()}
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(a.epochs + 1):  # the first round warms the caches
+        for name, run in loops.items():
+            t = run()
+            if r:
+                times[name].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {"startup_seconds": med["startup"], "torch_import_seconds": med["torch_import"],
+              "ratio": med["startup"] / med["torch_import"], "times": times,
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    print(json.dumps(result, indent=2))
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 def seconds_per_call(fn, reps: int, device: torch.device) -> float:
     """Wall seconds per call of `fn()` over `reps` calls, after 3 warm-up calls, the device
     synchronised before and after."""
@@ -352,6 +378,9 @@ def main() -> int:
     p.add_argument("--sweep-jobs", type=int, default=0,
                    help="also time a 4-point sigma sweep (2 epochs) one job at a time and with "
                         "joblib running this many jobs at once on the device")
+    p.add_argument("--startup", action="store_true",
+                   help="only time the start-up process against importing torch and building an "
+                        "optimizer (the front hall's target: at most 1.5x), --epochs rounds")
     p.add_argument("--bare-process", action="store_true",
                    help="only run the bare loop's 5 epochs on --device and exit (as row d)")
     a = p.parse_args()
@@ -367,6 +396,8 @@ def main() -> int:
             epoch()
         return 0
 
+    if a.startup:
+        return startup(a)
     from vaerun.data import MNIST
 
     tmp = Path(tempfile.mkdtemp(prefix="vaerun-bench-"))

@@ -40,6 +40,7 @@ YOURS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.searchpath", "hydra.launcher
 COMPUTED = ("hydra.runtime", "hydra.overrides", "hydra.job.override_dirname")
 PLAIN, NOW = re.compile(r"\$\{[\w.\[\]-]+\}"), re.compile(r"\$\{now:[^${}]*\}")
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"
+DEFAULT_RUN_DIR = "outputs/runs/${now:%Y-%m-%d_%H-%M-%S-%f}"  # conf/train.yaml's: vaerun names it
 
 
 def short(name: str, most: int = 200) -> str:
@@ -239,11 +240,12 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
     return "config", None, "", one_line(e)
 
 
-def check_job(cfg: DictConfig, base: dict[str, Any]) -> DictConfig:
-    """A composed job's `hydra` node against vaerun's own (`base`), its interpolations and
-    targets; its vaerun part, with interpolations kept (they resolve within it)."""
-    mine = flat(OmegaConf.to_container(cfg.hydra, resolve=False), "hydra")
-    for key in set(mine) | set(base):
+def check_job(cfg: DictConfig, base: dict[str, Any] | None) -> DictConfig:
+    """A composed job's `hydra` node against vaerun's own (`base`; None where no yaml of the
+    user's is on the search path), its interpolations and targets; its vaerun part, with
+    interpolations kept (they resolve within it)."""
+    mine = flat(OmegaConf.to_container(cfg.hydra, resolve=False), "hydra") if base else {}
+    for key in set(mine) | set(base or {}):
         if not key.startswith(COMPUTED) and mine.get(key, ...) != base.get(key, ...):
             allow(key, mine.get(key, "<deleted>"))
             refuse_resolver(key, mine.get(key))
@@ -288,24 +290,25 @@ def plan(args: list[str]) -> Plan:
     searched = [f"hydra.searchpath=[{hydra_quoted('file://' + cd)}]"] * ("--config-dir" in flags)
     lists = [[f"{p.get_key_element()}={v}" for v in p.sweep_string_iterator()]  # Hydra's order
              if p.is_sweep_override() else [p.input_line] for p in parse(own, multirun, False)]
-    with composer() as loader:
-        base = compose(CONFIG_NAME, [p.input_line for p in parsed
-                                     if p.key_or_group == "hydra/launcher"] + own[-1:], loader)
+    yours = "--config-dir" in flags or any(p.key_or_group == "hydra.searchpath" for p in parsed)
+    with composer() as loader:  # vaerun's own hydra node, where a yaml of yours could change it
+        base = compose(CONFIG_NAME, [p.input_line for p in parsed if p.key_or_group ==
+                                     "hydra/launcher"] + own[-1:], loader) if yours else None
         composed = [compose(flags.get("--config-name", CONFIG_NAME), [*searched, *job], loader)
                     for job in itertools.product(*lists)]
-    hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra")
-    out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base)) for c in composed])
-    return out if out.shows else place(out, composed, base)
+    hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra") if yours else {}
+    out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base if yours else None))
+                                       for c in composed])
+    return out if out.shows else place(out, composed)
 
 
-def place(out: Plan, composed: list[DictConfig], base: DictConfig) -> Plan:
+def place(out: Plan, composed: list[DictConfig]) -> Plan:
     """Every job's folder, resolved, named where the user did not name it, and checked."""
     from vaerun.assemble import resume_state
 
     what = "sweep" if "--multirun" in out.flags else "run"
     key, mine = f"hydra.{what}.dir", composed[0].hydra[what]
-    if what == "run" and OmegaConf.to_container(mine)["dir"] == OmegaConf.to_container(
-            base.hydra.run)["dir"]:
+    if what == "run" and OmegaConf.to_container(mine)["dir"] == DEFAULT_RUN_DIR:
         stem = where = f"outputs/runs/{datetime.now():%m%d-%H%M%S}_" + short(
             composed[0].hydra.job.override_dirname or "default")  # a time, then what changed
         for n in itertools.count(2):
