@@ -152,7 +152,7 @@ class TrainerConfig:
     log_every: int = field(default=50, metadata=RESUMABLE)
     eval_batch_size: int = field(default=2000, metadata=RESUMABLE)
     resume: bool = field(default=False, metadata=NEUTRAL)
-    compile: bool = field(default=False, metadata=RESUMABLE)
+    compile: Any = field(default="auto", metadata=RESUMABLE)  # auto | true | false
     deterministic: bool = False
     threads: int | None = field(default=None, metadata=NEUTRAL)
     progress_seconds: float | None = field(default=10.0, metadata=NEUTRAL)
@@ -169,6 +169,8 @@ class TrainerConfig:
             require_threads(f"{key}.threads", self.threads)
         if self.seed is not None:
             require_seed(f"{key}.seed", self.seed)
+        require(str(self.compile).lower() in ("auto", "true", "false"), f"{key}.compile",
+                self.compile, "choose auto (capture the step on CUDA), true or false")
         ok = self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         require(ok, f"{key}.device", self.device, "choose auto, cpu, cuda, cuda:N or mps")
 

@@ -1,9 +1,9 @@
 """Datasets: real image files read into one in-memory tensor on the training device.
 
 Each dataset is a registered class with a `Config` and one yaml under conf/dataset/. Pixels are
-flattened to D values in [0, 1]; a training batch is `dataset.batch(index, generator)`, which adds
-the per-epoch noise (dynamic binarisation, dequantisation) with the run's seeded generator, so
-there is no DataLoader and no per-sample Python.
+flattened to D values in [0, 1]; an epoch's training images are `dataset.epoch_train(seed,
+epoch)`, with the epoch's noise (dynamic binarisation, dequantisation) drawn at once from the
+run's seed, and a batch is rows of them: no DataLoader and no per-sample Python.
 """
 
 from __future__ import annotations
@@ -141,6 +141,13 @@ class Dataset(Registered):
     # -- shared ------------------------------------------------------------------------------
     def batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.fresh(self.train[index], generator)
+
+    def epoch_train(self, seed: int, epoch: int) -> torch.Tensor:
+        """The training images of one epoch with their noise (dynamic binarisation,
+        dequantisation) drawn anew, all at once, on the data's device, from the run's seed and
+        the epoch alone: a training step then only gathers rows (nothing a captured graph
+        cannot hold), and a resume draws the same again. Without noise, the images themselves."""
+        return self.fresh(self.train, self.noise((seed * 1_000_003 + epoch + 1) % (1 << 63)))
 
     def noise(self, seed: int) -> torch.Generator:
         """A stream for `batch`'s noise, on the data's device."""

@@ -22,7 +22,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import kl_divergence
 
 from vaerun.config import FLOAT32_MAX, FLOAT32_TINY, LossConfig, Over, Recon, require
 from vaerun.model import VAE
@@ -96,38 +95,32 @@ class Objective:
 
 
 def elbo_terms(vae: VAE, x: Tensor, objective: Objective, bce: bool = True,
-               pixel_sse: Tensor | None = None, batch: int | None = None) -> dict[str, Tensor]:
+               pixel_sse: Tensor | None = None, batch: int | Tensor | None = None,
+               mask: Tensor | None = None) -> dict[str, Tensor]:
     """Per-image terms for the batch x; `loss` carries the gradient, the rest are detached.
-    `bce=False` skips the BCE diagnostic, which the training loop computes only on the steps
-    it logs. `batch`: the B of the loss's reductions (default: the images in x). `pixel_sse`, if given, gets
-    each pixel's squared error summed over the batch added to it."""
+    `batch`: the B of the loss's reductions (default: the images in x; a tensor where the batch
+    is padded to one shape); `mask`: which rows are images (1) and which padding (0), for what
+    the likelihood fits to the batch. `bce`: also the BCE of the decoder mean (a diagnostic the
+    training loop reads on its logging steps only). `pixel_sse`, if given, gets each pixel's
+    squared error summed over the batch added to it."""
     q = vae.posterior(x)
-    z = q.rsample()
-    out = vae.decode(z)
+    out = vae.decode(q.rsample())
     lik = vae.likelihood
-    p_x = lik(out, x)
-    log_px_z = p_x.log_prob(x)
-    kl = kl_divergence(q, vae.prior())
-    sse = objective.cfg.recon == Recon.sse
-    recon = (x - lik.mean(out, p_x)).square().sum(-1) if sse else -log_px_z
-    loss = objective.per_image(recon, kl, batch or len(x))
+    p_x = lik(out, x, mask) if lik.batch_statistics else lik(out, x)
+    log_px_z, kl, mean = p_x.log_prob(x), vae.kl(q), lik.mean(out, p_x)
+    recon = (x - mean).square().sum(-1) if objective.cfg.recon == Recon.sse else -log_px_z
+    loss = objective.per_image(recon, kl, len(x) if batch is None else batch)
     with torch.no_grad():
-        mean = lik.mean(out, p_x)
-        squared = (mean - x).square_()
+        mean = mean.detach()
+        squared = (mean - x).square()
         if pixel_sse is not None:
             pixel_sse += squared.sum(0)
-        terms = {
-            "loss": loss,
-            "elbo": log_px_z - kl,
-            "log_px_z": log_px_z,
-            "kl": kl,
-            "mse": squared.mean(-1),
-            **lik.terms(out, x),
-        }
+        terms = {"loss": loss, "elbo": log_px_z - kl, "log_px_z": log_px_z, "kl": kl,
+                 "mse": squared.mean(-1), **lik.terms(out, x, p_x)}
         if bce:
             terms["bce"] = F.binary_cross_entropy(mean.clamp(0, 1), x.clamp(0, 1),
                                                   reduction="none").sum(-1)
-        return terms
+    return {k: v if k == "loss" else v.detach() for k, v in terms.items()}
 
 
 def step_bytes(vae: VAE, objective: Objective, batch: int) -> int:
@@ -151,11 +144,11 @@ def step_bytes(vae: VAE, objective: Objective, batch: int) -> int:
 
 class Meter:
     """Sums per-image terms on their device (no host sync per step); `means()` syncs once.
-    Each step costs three ops: the terms stacked to [B, K], summed over images, added."""
+    A step adds its terms' sums over the images of its batch (`mask`: its padding left out)."""
 
     def __init__(self) -> None:
         self.sums: dict[tuple[str, ...], Tensor] = {}  # keyed by the set of terms of a step
-        self.counts: dict[tuple[str, ...], int] = {}
+        self.counts: dict[tuple[str, ...], int | Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.counts)
@@ -170,24 +163,29 @@ class Meter:
         meter = cls()
         for keys, s, n in zip(*(state or {"keys": [], "sums": [], "counts": []}).values(),
                               strict=True):
-            meter.sums[tuple(keys)], meter.counts[tuple(keys)] = s.to(device), n
+            meter.add_sums(tuple(keys), s.to(device), n.to(device) if torch.is_tensor(n) else n)
         return meter
 
-    def add(self, terms: dict[str, Tensor]) -> None:
-        keys = tuple(terms)
-        s = torch.stack([v.detach() for v in terms.values()], 1).sum(0)
-        self.sums[keys] = self.sums[keys] + s if keys in self.sums else s
-        self.counts[keys] = self.counts.get(keys, 0) + len(terms["loss"])
+    def add(self, terms: dict[str, Tensor], mask: Tensor | None = None) -> None:
+        stacked = torch.stack([v.detach() for v in terms.values()], 1)
+        if mask is None:
+            self.add_sums(tuple(terms), stacked.sum(0), len(stacked))
+        else:
+            self.add_sums(tuple(terms), (stacked * mask[:, None]).sum(0), mask.sum())
+
+    def add_sums(self, keys: tuple[str, ...], sums: Tensor, count: int | Tensor) -> None:
+        self.sums[keys] = self.sums[keys] + sums if keys in self.sums else sums
+        self.counts[keys] = self.counts[keys] + count if keys in self.counts else count
 
     def means(self) -> dict[str, float]:
         """Means per image; with a Gaussian likelihood also `sigma_optimal` = sqrt(mse), the σ
         that maximises the Gaussian likelihood of these reconstructions."""
         totals: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        counts: dict[str, float] = {}
         for keys, s in self.sums.items():
             for k, v in zip(keys, s.tolist(), strict=True):
                 totals[k] = totals.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + self.counts[keys]
+                counts[k] = counts.get(k, 0) + float(self.counts[keys])
         out = {k: totals[k] / counts[k] for k in totals}
         if "sigma" in out:
             out["sigma_optimal"] = math.sqrt(out["mse"]) if out["mse"] >= 0 else math.nan

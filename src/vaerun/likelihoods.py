@@ -82,6 +82,7 @@ class Likelihood(Registered, nn.Module):
     Config = LikelihoodConfig
     params_per_pixel: ClassVar[int] = 1
     support: ClassVar[str] = "real"
+    batch_statistics: ClassVar[bool] = False  # forward(out, x, mask): p(x|z) depends on the batch
 
     def __init__(self, cfg: LikelihoodConfig, dim: int, link: str = "sigmoid"):
         nn.Module.__init__(self)
@@ -98,8 +99,9 @@ class Likelihood(Registered, nn.Module):
         `out`, if already built)."""
         return self.link(out[..., : self.dim])
 
-    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
-        """Extra per-image terms worth logging (nats per image unless named otherwise)."""
+    def terms(self, out: Tensor, x: Tensor, dist: Distribution | None = None) -> dict[str, Tensor]:
+        """Extra per-image terms worth logging (nats per image unless named otherwise); `dist`:
+        this likelihood's p(x|z) for `out`, if already built."""
         return {}
 
     def pixel_report(self, pixel_mse: Tensor) -> dict[str, float]:
@@ -196,7 +198,7 @@ class ContinuousBernoulli(Likelihood):
     def mean(self, out: Tensor, dist: Distribution | None = None) -> Tensor:
         return self.dist(out).mean
 
-    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
+    def terms(self, out: Tensor, x: Tensor, dist: Distribution | None = None) -> dict[str, Tensor]:
         return {"log_norm_term": self.dist(out)._cont_bern_log_norm().sum(-1)}
 
 
@@ -250,16 +252,20 @@ class Gaussian(Likelihood):
         """Set the fixed σ (post-hoc calibration, after training)."""
         self.fixed_log_sigma.fill_(math.log(sigma))
 
-    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
+    def log_sigma(self, out: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """log σ, broadcastable to [B, D]."""
         return self.fixed_log_sigma
 
-    def forward(self, out: Tensor, x: Tensor) -> Distribution:
-        return pixels(Normal(self.mean(out), self.log_sigma(out, x).exp(), validate_args=False))
+    def forward(self, out: Tensor, x: Tensor, mask: Tensor | None = None) -> Distribution:
+        return pixels(Normal(self.mean(out), self.log_sigma(out, x, mask).exp(),
+                             validate_args=False))
 
-    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
-        log_sigma = self.log_sigma(out, x).expand_as(x)
-        sq = (x - self.mean(out)).square()
+    def terms(self, out: Tensor, x: Tensor, dist: Distribution | None = None) -> dict[str, Tensor]:
+        if dist is None:
+            mean, log_sigma = self.mean(out), self.log_sigma(out, x).expand_as(x)
+        else:  # the σ and mean p(x|z) was built with (a batch statistic: with its mask)
+            mean, log_sigma = dist.base_dist.loc, dist.base_dist.scale.log().expand_as(x)
+        sq = (x - mean).square()
         return {
             "sigma": log_sigma.mean(-1).exp(),  # geometric mean over pixels
             "sse_term": -(sq * torch.exp(-2 * log_sigma)).sum(-1) / 2,
@@ -281,6 +287,7 @@ class GaussianLearned(Gaussian):
     (log σ = m + softplus(raw − m)): else pixels that are always 0 drive log p(x|z) to +∞."""
 
     name = "gaussian_learned"
+    batch_statistics = True  # variance=optimal: σ² is the batch's MSE
 
     @dataclass
     class Config(LikelihoodConfig):
@@ -321,8 +328,8 @@ class GaussianLearned(Gaussian):
     def per_pixel(self) -> bool:
         return self.cfg.variance in (Variance.per_pixel, Variance.decoder)
 
-    def terms(self, out: Tensor, x: Tensor) -> dict[str, Tensor]:
-        terms = super().terms(out, x)
+    def terms(self, out: Tensor, x: Tensor, dist: Distribution | None = None) -> dict[str, Tensor]:
+        terms = super().terms(out, x, dist)
         if self.per_pixel:  # a geometric mean over pixels: no σ to hold against sqrt(mse)
             terms["sigma_geomean"] = terms.pop("sigma")
         return terms
@@ -353,7 +360,13 @@ class GaussianLearned(Gaussian):
     def bounded(self, raw: Tensor) -> Tensor:
         return soft_floor(raw, self.cfg.min_log_sigma)
 
-    def log_sigma(self, out: Tensor, x: Tensor) -> Tensor:
+    def batch_mse(self, out: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The batch's per-pixel MSE of the decoder mean (detached), over its images: the rows
+        `mask` marks where the batch is padded to one shape."""
+        per_image = (self.mean(out).detach() - x).square().mean(-1)
+        return per_image.mean() if mask is None else (per_image * mask).sum() / mask.sum()
+
+    def log_sigma(self, out: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
         v = self.cfg.variance
         if v == Variance.shared:
             return self.shared_log_sigma
@@ -362,7 +375,7 @@ class GaussianLearned(Gaussian):
         if v == Variance.decoder:
             return self.bounded(out[..., self.dim: 2 * self.dim] + math.log(self.cfg.init_sigma))
         if self.training:
-            log_sigma = 0.5 * F.mse_loss(self.mean(out).detach(), x).clamp_min(1e-12).log()
+            log_sigma = 0.5 * self.batch_mse(out, x, mask).clamp_min(1e-12).log()
             return self.bounded(log_sigma) if self.cfg.floor_optimal else log_sigma
         return self.test_log_sigma()
 
@@ -374,13 +387,13 @@ class GaussianLearned(Gaussian):
         log_sigma = self.bounded(0.5 * mse.log()) if self.cfg.floor_optimal else 0.5 * mse.log()
         return torch.where(w > 0, log_sigma, self.fixed_log_sigma)
 
-    def forward(self, out: Tensor, x: Tensor) -> Distribution:
+    def forward(self, out: Tensor, x: Tensor, mask: Tensor | None = None) -> Distribution:
         if self.training and self.cfg.variance == Variance.optimal:
             with torch.no_grad():
                 m = self.cfg.ema
-                self.mse_avg.mul_(1 - m).add_(m * F.mse_loss(self.mean(out), x))
+                self.mse_avg.mul_(1 - m).add_(m * self.batch_mse(out, x, mask))
                 self.mse_weight.mul_(1 - m).add_(m)
-        return super().forward(out, x)
+        return super().forward(out, x, mask)
 
     def param_groups(self) -> list[dict]:
         if self.cfg.variance == Variance.shared:

@@ -22,12 +22,13 @@ from tqdm import tqdm
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
-from vaerun.elbo import Meter, elbo_terms, evaluate
+from vaerun.elbo import Meter, elbo_terms, evaluate, seeded
 from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
 from vaerun.evaluation import evaluate_run, write_pictures
 from vaerun.logs import ProgressLines, RunLog
 from vaerun.rundir import RunDir
 from vaerun.signals import StopRequests
+from vaerun.step import TrainStep, compile_mode
 
 log = logging.getLogger("vaerun")
 
@@ -107,11 +108,16 @@ class Trainer:
         self.cfg, self.p = session.cfg, session.progress
         self.n, self.bs = len(session.data.train), self.cfg.trainer.batch_size
         self.steps_per_epoch = math.ceil(self.n / self.bs)
-        self.noise = torch.Generator(device=session.device)  # reseeded every step
         self.last_loss: float | None = None
         self.compare = list(compare)  # the keys the command varied (HParams' first columns)
         self.objective = assemble.objective(self.cfg, session.data.dim)
-        self.terms_of = torch.compile(elbo_terms) if self.cfg.trainer.compile else elbo_terms
+        left = self.steps_per_epoch * self.cfg.trainer.epochs - self.p.step
+        self.train_step = TrainStep(session.vae, session.opt, self.objective,
+                                    compile_mode(self.cfg.trainer.compile, session.device, left))
+        # every image once an epoch, the last batch padded to the others' shape (mask 0)
+        total = self.steps_per_epoch * self.bs
+        self.mask = (torch.arange(total, device=session.device) < self.n).float()
+        self.x_epoch = self.order = None
 
     def run(self) -> dict[str, Any]:
         s, t = self.s, self.cfg.trainer
@@ -141,51 +147,64 @@ class Trainer:
         if p.perm is None:  # drawn on the CPU (the checkpoint's stream), used on the device
             p.perm = torch.randperm(self.n, generator=s.gen).to(s.device)
             p.batch = 0
+        if self.order is None or p.batch == 0:
+            self.epoch_images()
         bar = tqdm(total=self.steps_per_epoch, initial=p.batch, disable=None, leave=False,
                    desc=f"epoch {p.epoch + 1}/{t.epochs}", dynamic_ncols=True)
         lines = ProgressLines(f"epoch {p.epoch + 1}/{t.epochs}", self.steps_per_epoch, "steps",
                               t.progress_seconds, p.batch, self.progress_note)
         started = time.perf_counter()
         for b in range(p.batch, self.steps_per_epoch):
-            terms = self.step(b)
+            self.step(b)
             bar.update()
             lines.update(b + 1)
             if p.step % t.log_every == 0:
-                self.log_train(terms, bar)
+                self.log_train(bar)
             if self.stop.requested:
                 break
         if p.batch == self.steps_per_epoch and s.meter:  # every step lands in some point
-            self.log_train(terms, bar)
+            self.log_train(bar)
         seconds = time.perf_counter() - started
         p.seconds += seconds
         bar.close()
         return seconds
 
-    def step(self, b: int) -> dict[str, torch.Tensor]:
-        """One optimiser step on batch `b` of the epoch's order; its per-image terms are added
-        to the meter on the device (no host-device sync)."""
+    def epoch_images(self) -> None:
+        """The epoch's images, their noise drawn (vaerun.data), and its order padded to whole
+        batches."""
+        s, p = self.s, self.p
+        self.x_epoch = s.data.epoch_train(s.seed, p.epoch)
+        self.order = torch.nn.functional.pad(p.perm, (0, len(self.mask) - self.n))
+
+    def step(self, b: int) -> None:
+        """One optimizer step on batch `b` of the epoch's order; the sums of its per-image terms
+        are added to the meter on the device (no host-device sync). A logging step also measures
+        the BCE of the decoder mean on its batch (with a noise of its own)."""
         s, p, t = self.s, self.p, self.cfg.trainer
-        self.noise.manual_seed(step_seed(s.seed, p.step))
-        x = s.data.batch(p.perm[b * self.bs: (b + 1) * self.bs], self.noise)
-        terms = self.terms_of(s.vae, x, self.objective, (p.step + 1) % t.log_every == 0)
-        s.opt.zero_grad(set_to_none=True)
-        terms["loss"].mean().backward()
-        s.opt.step()
+        if self.order is None:
+            self.epoch_images()
+        rows = slice(b * self.bs, (b + 1) * self.bs)
+        idx, mask = self.order[rows], self.mask[rows]
+        if (p.step + 1) % t.log_every == 0:
+            with torch.no_grad(), seeded(step_seed(s.seed, p.step), s.device):
+                bce = elbo_terms(s.vae, self.x_epoch[idx], self.objective, mask=mask)["bce"]
+            s.meter.add_sums(("bce",), (bce * mask).sum()[None], mask.sum())
+        s.meter.add_sums(*self.train_step(self.x_epoch, idx, mask))
         p.step, p.batch = p.step + 1, b + 1
-        s.meter.add(terms)
-        return terms
 
     def progress_note(self, steps_per_second: float) -> str:
         """Images/s, and the loss of the last train/* point (read then: no sync here)."""
         loss = f", loss {self.last_loss:.4g}" if self.last_loss is not None else ""
         return f" ({steps_per_second * self.bs:.0f} images/s{loss})"
 
-    def log_train(self, terms: dict[str, torch.Tensor], bar: tqdm) -> None:
+    def log_train(self, bar: tqdm) -> None:
         """Write the means since the last point as train/* (one meter across epochs, saved in
         the checkpoint: a resumed run writes the same points), then start a new window."""
         means = self.s.meter.means()
         if not math.isfinite(means["loss"]):
-            raise NonFiniteError(self.nonfinite_message(terms, self.p.step))
+            bad = [k for k, v in means.items() if k not in ("loss", "elbo") and not math.isfinite(v)]
+            raise NonFiniteError(f"non-finite {', '.join(bad) or 'loss'} at epoch "
+                                 f"{self.p.epoch + 1}, step {self.p.step}; {self.hint()}")
         if "bce" in means:  # measured on the window's logging step only
             means["bce_last_batch"] = means.pop("bce")
         self.runlog.scalars("train", means, self.p.step)
@@ -202,6 +221,7 @@ class Trainer:
         p.epoch, p.perm, p.batch = p.epoch + 1, None, 0
         lr = s.opt.param_groups[0]["lr"]  # the epoch's (the schedule moves it for the next)
         s.sched.step()
+        self.train_step.set_lr()
         started = time.perf_counter()
         test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size, self.cfg.eval.seed,
                         t.batch_size)
@@ -262,9 +282,3 @@ class Trainer:
         lik_hint = self.s.vae.likelihood.nonfinite_hint()
         fix = lik_hint or f"try a smaller optimizer.lr (now {self.cfg.optimizer['lr']:g})"
         return f"the last good checkpoint is kept; {fix}"
-
-    def nonfinite_message(self, terms: dict[str, torch.Tensor], step: int) -> str:
-        bad = [k for k, v in terms.items()
-               if k not in ("loss", "elbo") and not bool(torch.isfinite(v).all())]
-        return (f"non-finite {', '.join(bad) or 'loss'} at epoch {self.p.epoch + 1}, step {step}; "
-                f"{self.hint()}")

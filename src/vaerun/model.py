@@ -214,6 +214,15 @@ class VAE(nn.Module):
         return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1,
                            validate_args=False)
 
+    def kl(self, q: Distribution) -> Tensor:
+        """KL(q(z|x) ‖ p(z)) per image, summed over latents, in closed form (what
+        torch.distributions' KL of two diagonal Normals computes, without its dispatch, which
+        no captured graph can hold)."""
+        mu, sigma = q.base_dist.loc, q.base_dist.scale
+        ratio = (sigma / self.prior_scale).square()
+        return 0.5 * (ratio + ((mu - self.prior_loc) / self.prior_scale).square() - 1
+                      - ratio.log()).sum(-1)
+
     def prior(self) -> Distribution:
         return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1,
                            validate_args=False)

@@ -1,0 +1,96 @@
+"""One compiled step (#38): forward, backward, the optimizer's update and the meter's sums
+captured as one graph (`torch.compile(fullgraph=True)`: a graph break is an error, and the run
+would say it trains eager), for every likelihood, both models and the recipes; one graph for an
+epoch whose last batch is short; the same numbers as the eager step; an exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import SMALL
+from test_gpu_ready import composed
+
+from vaerun import assemble
+from vaerun.logs import RunLog
+from vaerun.loop import Trainer
+from vaerun.signals import StopRequests
+from vaerun.step import TrainStep
+
+CONFIGS = [(), ("likelihood=gaussian",), ("likelihood=gaussian_learned", "likelihood.variance=shared"),
+           ("likelihood=gaussian_learned", "likelihood.variance=optimal"),
+           ("likelihood=gaussian_learned", "likelihood.variance=per_pixel"),
+           ("likelihood=gaussian_learned", "likelihood.variance=decoder"),
+           ("likelihood=continuous_bernoulli",), ("likelihood=laplace",),
+           ("likelihood=discretized_logistic",), ("likelihood=logistic", "dataset.dequantize=true"),
+           ("likelihood=discretized_gaussian",), ("dataset=mnist_binary",),
+           ("model=conv", "model.channels=4", "model.hidden=16"), ("model=linear", "likelihood=gaussian"),
+           ("recipe=antixk",), ("recipe=sigma_vae",)]
+
+
+def trainer(tmp_path, name: str, *overrides: str) -> Trainer:
+    cfg = assemble.checked(composed("dataset.n_train=200", "dataset.n_test=64",
+                                    "trainer.batch_size=64", "trainer.log_every=1000", *overrides))
+    session = assemble.start(cfg, tmp_path / name)
+    session.progress.perm = torch.randperm(200, generator=session.gen)
+    return Trainer(session, RunLog(tmp_path / name), StopRequests())
+
+
+@pytest.mark.parametrize("overrides", CONFIGS, ids=lambda o: ",".join(o) or "default")
+def test_the_captured_step_gives_the_eager_steps_parameters(tmp_path, monkeypatch, overrides):
+    """20 steps (five epochs of 200 images in batches of 64: every fourth batch is short)."""
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    runs = {}
+    for c in ("false", "true"):
+        runs[c] = t = trainer(tmp_path, c, *overrides, f"trainer.compile={c}")  # seeds torch
+        while t.p.step < 20:
+            if t.p.batch == t.steps_per_epoch:
+                t.p.epoch, t.p.batch, t.order = t.p.epoch + 1, 0, None
+                t.p.perm = torch.randperm(200, generator=t.s.gen)
+            t.step(t.p.batch)
+    assert runs["true"].train_step.compiled is not None  # captured whole: no graph break
+    eager, captured = (dict(runs[c].s.vae.named_parameters()) for c in ("false", "true"))
+    for k in eager:  # Adam moves a weight whose gradient is float noise by up to lr a step
+        diff = (captured[k] - eager[k]).norm() / eager[k].norm()  # (the sums' rounding decides)
+        assert diff < 1e-2, (k, diff)
+    a, b = (runs[c].s.meter.means() for c in ("false", "true"))
+    assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-3) for k in a)
+
+
+def test_one_graph_for_an_epoch_whose_last_batch_is_short(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    t = trainer(tmp_path, "run", "trainer.compile=true")
+    assert t.steps_per_epoch == 4 and len(t.s.data.train) % 64 == 8  # 64, 64, 64, 8 images
+    before = counters["stats"]["unique_graphs"]
+    for b in range(4):
+        t.step(b)
+    assert t.train_step.compiled is not None
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_a_compiled_run_stopped_midway_resumes_to_the_eager_runs_metrics(vaerun, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    args = [*SMALL, "eval.quality_images=0", "likelihood=gaussian"]
+    assert vaerun("train", *args, "trainer.compile=false", f"hydra.run.dir={tmp_path / 'e'}") == 0
+    assert vaerun("train", *args, "trainer.epochs=1", "trainer.compile=true",
+                  f"hydra.run.dir={tmp_path / 'c'}") == 0
+    assert vaerun("train", *args, "trainer.compile=false", "trainer.resume=true",
+                  f"hydra.run.dir={tmp_path / 'c'}") == 0
+    a, b = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("e", "c"))
+    for k in ("test/elbo", "test/kl", "test/nll_iwae"):
+        assert b[k] == pytest.approx(a[k], rel=1e-4), k
+
+
+def test_auto_compiles_on_the_cpu_only_where_it_pays():
+    from vaerun.step import CPU_STEPS_TO_PAY, compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode("auto", cpu, 10 * 469) is None  # the default run: 10 epochs
+    assert compile_mode("auto", cpu, 3280 * 2980) == ""  # the IWAE paper's schedule
+    assert compile_mode("auto", cuda, 10) == "reduce-overhead"
+    assert compile_mode("false", cuda, CPU_STEPS_TO_PAY) is None
+    assert compile_mode(True, cpu, 1) == ""
