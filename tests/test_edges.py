@@ -216,4 +216,4 @@ def test_a_bar_in_an_override_keeps_the_report_table_whole(vaerun, tmp_path, cap
     assert capsys.readouterr().err == ""  # no warning either
     table = [ln for ln in (sweep / "report.md").read_text().splitlines() if ln.startswith("|")]
     widths = {len(ln.replace("\\|", "").split("|")) for ln in table}
-    assert len(table) == 4 and len(widths) == 1, table
+    assert len(table) == 8 and len(widths) == 2, table  # the headline table, and every metric

@@ -128,7 +128,8 @@ class TrainTask:
         skip = set(hc.job.config.override_dirname.exclude_keys or ())
         varied = [k for k in (o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task)
                   if k not in skip]
-        done = run_job(cfg, rd, job, self.stop if here else None, list(hc.overrides.task), varied)
+        done = run_job(cfg, rd, job, self.stop if here else None, list(hc.overrides.task), varied,
+                       str(hc.mode) == "RunMode.MULTIRUN")
         if here:
             self.done[rd.path] = done
             if done.code > 128:  # a stop signal: no further job
@@ -144,13 +145,13 @@ class TrainTask:
 
 
 def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: list[str],
-            varied: list[str]) -> Outcome:
+            varied: list[str], swept: bool = False) -> Outcome:
     """Train one job in `rd`: its outcome, never an exception."""
     from vaerun.assemble import checked
     from vaerun.loop import train as train_run
 
     try:
-        train_run(job.cfg if job else checked(cfg), rd, stop=stop, compare=varied)
+        train_run(job.cfg if job else checked(cfg), rd, stop=stop, compare=varied, swept=swept)
         return Outcome(rd.path, 0)
     except Interrupted as e:
         if rd.file(rd.CHECKPOINT).exists():

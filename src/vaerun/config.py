@@ -312,10 +312,10 @@ def hparams(cfg: RunConfig, seed: int) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None and isinstance(v, (bool, int, float, str))}
 
 
-def hparam_columns(first: list[str] | tuple = ()) -> dict[str, type]:
+def hparam_columns(first: list[str] | tuple = (), swept: bool = False) -> dict[str, type]:
     """Every hyperparameter any run can report, with its type, in the order HParams shows them:
-    what defines the experiment, then `first` (what the command varied), the rest, and last what
-    never changes a result (threads, device, ...): the same columns in every run's experiment."""
+    what defines the experiment, and `first` (what the command varied: before it in a sweep),
+    the rest, and last what never changes a result (threads, device, ...)."""
     cols: dict[str, type] = {}
     for group in PARTS:
         cols[group] = str
@@ -329,7 +329,8 @@ def hparam_columns(first: list[str] | tuple = ()) -> dict[str, type]:
         cols.update({f"{group}.{f.name}": _kind(f.type) for f in fields(schema)})
     cols.update({f"loss.{f.name}": _kind(f.type) for f in fields(LossConfig) if f.name in LOSS_KEYS})
     last = free_keys()
-    order = [k for k in (*first, *DEFINING) if k in cols] + [k for k in cols if k not in last]
+    lead = (*first, *DEFINING) if swept else (*DEFINING, *first)
+    order = [k for k in lead if k in cols] + [k for k in cols if k not in last]
     return {k: cols[k] for k in dict.fromkeys([*order, *last])}
 
 

@@ -42,6 +42,13 @@ class Objective:
         return (a_rec / (batch if c.recon_over_batch == Over.mean else 1),
                 a_kl / (batch if c.kl_over_batch == Over.mean else 1))
 
+    def scale(self) -> str:
+        """How the loss as written is reduced (its numbers are not nats per image)."""
+        c = self.cfg
+        return (f"{c.recon_over_batch.value} over images of {c.recon_over_pixels.value} over "
+                f"pixels, {c.kl_over_batch.value} over images of {c.kl_over_latents.value} over "
+                "latents")
+
     def implied(self, batch: int) -> dict[str, float]:
         """The model the loss is: `implied_sigma` (sse: the Gaussian's σ at β = 1) or
         `implied_beta` (nll: the KL weight against the likelihood's own −log p)."""
@@ -79,7 +86,10 @@ class Objective:
         r = f"{c.recon_over_batch.value} over images of ({c.recon_over_pixels.value} over pixels of {rec})"
         k = f"{c.kl_over_batch.value} over images of ({c.kl_over_latents.value} over latents of KL)"
         w = "" if c.recon_weight == 1 else f"{c.recon_weight:g}·"
-        line = c.written or f"{w}{r} + {self.beta:g}·{k}"
+        line = f"{w}{r} + {self.beta:g}·{k}"
+        if c.written:  # a copied line, with the weights it runs at (a user's overrides too)
+            line = f"{c.written}, run with beta = {self.beta:g}" + (
+                f" and loss.recon_weight = {c.recon_weight:g}" if c.recon_weight != 1 else "")
         what = self.implied(batch)
         model = (f"the Gaussian VAE with sigma = {what['implied_sigma']:.4g} at beta = 1"
                  if "implied_sigma" in what else

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from vaerun import ppca
 from vaerun.data import Dataset
 from vaerun.elbo import Objective, evaluate, seeded
-from vaerun.logs import ProgressLines, RunLog
+from vaerun.logs import ProgressLines, RunLog, phase
 from vaerun.model import VAE
 from vaerun.pictures import all_pictures, draw, save_png
 
@@ -95,6 +95,7 @@ def iwae_nll(vae: VAE, x: Tensor, k: int, batch_size: int, seed: int,
                 nll.append(math.log(k) - lse)
     finally:
         bar.close()
+        lines.close()
     return torch.cat(nll)
 
 
@@ -135,7 +136,7 @@ def final_metrics(vae: VAE, data: Dataset, cfg: Any, variances: Tensor, kl_dims:
             log.info("no test/bits_per_dim: %s", why)
         else:
             out["bits_per_dim"] = bpd
-    out.update(exact_metrics(vae, data))
+    out.update(exact_metrics(vae, data, cfg.trainer.progress_seconds))
     return out
 
 
@@ -145,7 +146,7 @@ def train_images(data: Dataset) -> Tensor:
 
 
 @torch.no_grad()
-def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
+def exact_metrics(vae: VAE, data: Dataset, seconds: float | None = None) -> dict[str, float]:
     """Where p(x|z) = N(f(z), σ²I): the pPCA reference at this σ (any model), and for a linear
     mean f(z) = Wz + b the exact −log p(x) = −log N(x; b, WWᵀ + σ²I) (nats per image)."""
     with vae.evaluating():  # a learned σ at test time (variance=optimal: its average)
@@ -153,7 +154,8 @@ def exact_metrics(vae: VAE, data: Dataset) -> dict[str, float]:
     if iso is None:
         return {}
     sigma, learned = iso
-    spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", train_images(data))
+    with phase("test: pPCA's reference (the training images' covariance)", seconds):
+        spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", train_images(data))
     latent = vae.latent_dim
     out = spec.reference(data.test, spec.sigma_ml(latent) if learned else sigma, latent)
     out["ppca_kl_dims"] = spec.kl_dims(out["ppca_sigma"], latent)
@@ -245,14 +247,20 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
     pictures; `poll()` is called at safe points (it may raise to stop)."""
     if poll is not None:
         poll()
-    variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
+    every = cfg.trainer.progress_seconds
+    with phase("test: the posterior of every test image", every):
+        variances, kl_dims = posterior_stats(vae, data.test, cfg.eval.batch_size)
     metrics = final_metrics(vae, data, cfg, variances, kl_dims, progress, poll)
     obj = Objective(cfg.loss, cfg.beta, data.dim, vae.latent_dim)
     metrics.update(obj.implied(cfg.trainer.batch_size))
-    metrics.update(calibrated(vae, data, cfg, obj, runlog.metrics, progress, poll))
+    if vae.likelihood.name == "gaussian":
+        with phase("test: sigma calibrated on the training images", every):
+            metrics.update(calibrated(vae, data, cfg, obj, runlog.metrics, progress, poll))
     if poll is not None:
         poll()
-    metrics.update(sample_quality(vae, data, cfg))
+    if cfg.eval.quality_images:
+        with phase("test: sample quality (Frechet distances in the classifier's features)", every):
+            metrics.update(sample_quality(vae, data, cfg))
     if "bits_per_dim" in metrics and "test/elbo" in runlog.metrics:  # the ELBO's bound too
         metrics["bits_per_dim_elbo"] = vae.likelihood.bits_per_dim(
             -runlog.metrics["test/elbo"], data.values)[0]
@@ -271,6 +279,7 @@ def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,
         "training data's top eigenvalues at the run's sigma, 0 where lambda_i <= sigma^2"})
     runlog.scalars("test", metrics, step)
     runlog.update_split("test", metrics, step, bits_per_dim_data=data.values)
-    write_pictures(vae, data, runlog, step, kl_dims)
-    runlog.flush()
+    with phase("test: pictures (reconstructions, samples, traversals)", every):
+        write_pictures(vae, data, runlog, step, kl_dims)
+        runlog.flush()
     return metrics

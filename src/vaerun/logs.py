@@ -3,11 +3,13 @@ per image, at the global step) and `metrics.json` (the latest test value of ever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +25,68 @@ def _duration(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+@contextlib.contextmanager
+def phase(what: str, seconds: float | None) -> Iterator[None]:
+    """A line as `what` begins and, where stderr is no terminal (a file, a pipe, SLURM), one at
+    least every `seconds` (1 s at the most often) while it lasts: no silence in a log for the
+    length of an evaluation or a compile."""
+    progress_log.info("%s", what)
+    if seconds is None or sys.stderr.isatty():
+        yield
+        return
+    done, started = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(max(seconds, 1.0)):
+            progress_log.info("%s: %s so far", what, _duration(time.perf_counter() - started))
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join()
+
+
 class ProgressLines:
     """Where stderr is no terminal (a file, a pipe, nohup, a SLURM job's log), tqdm's bar
-    draws nothing: instead a plain log line at most every `seconds` (and none if `seconds` is
-    None), with how far `what` has got, its rate and the time left. `note()` adds to the line
-    (read only when one is written)."""
+    draws nothing: instead a plain log line every `seconds` (none if None; with 0, one at each
+    update), with how far `what` has got, its rate and the time left, written by a thread of
+    its own, so a slow step delays no line. `note()` adds to the line. Close it when done."""
 
     def __init__(self, what: str, total: int, unit: str, seconds: float | None, done: int = 0,
                  note: Callable[[float], str] | None = None):
         self.on = seconds is not None and not sys.stderr.isatty()
         self.what, self.total, self.unit, self.seconds = what, total, unit, seconds or 0.0
-        self.first, self.started = done, time.perf_counter()
-        self.next = self.started + self.seconds
-        self.note = note
+        self.first, self.done, self.started, self.note = done, done, time.perf_counter(), note
+        self._stop = threading.Event()
+        if self.on and self.seconds > 0:
+            self._beat = threading.Thread(target=self._lines, daemon=True)
+            self._beat.start()
+
+    def _lines(self) -> None:
+        self.line()  # where it starts
+        while not self._stop.wait(self.seconds):
+            self.line()
 
     def update(self, done: int) -> None:
-        if not self.on:
-            return
-        now = time.perf_counter()
-        if now < self.next:
-            return
-        self.next = now + self.seconds
+        self.done = done
+        if self.on and self.seconds == 0:
+            self.line()
+
+    def line(self) -> None:
+        done, now = self.done, time.perf_counter()
         rate = (done - self.first) / max(now - self.started, 1e-9)
         left = (self.total - done) / rate if rate > 0 else math.inf
         extra = self.note(rate) if self.note else ""
         progress_log.info("%s: %d/%d %s, %s left%s", self.what, done, self.total, self.unit,
                           _duration(left) if math.isfinite(left) else "?", extra)
+
+    def close(self) -> None:
+        self._stop.set()
+        if hasattr(self, "_beat"):
+            self._beat.join()
 
 
 class RunLog:

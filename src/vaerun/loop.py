@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
-from vaerun.config import HEADLINE, RunConfig, hparam_columns, hparams
+from vaerun.config import DEFINING, HEADLINE, RunConfig, hparam_columns, hparams
 from vaerun.elbo import Meter, elbo_terms, evaluate, seeded
 from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
 from vaerun.evaluation import evaluate_run, write_pictures
-from vaerun.logs import ProgressLines, RunLog
+from vaerun.logs import ProgressLines, RunLog, phase
 from vaerun.rundir import RunDir
 from vaerun.signals import StopRequests
 from vaerun.step import TrainStep, compile_mode
@@ -34,12 +34,13 @@ log = logging.getLogger("vaerun")
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequests | None = None,
-          compare: list[str] | tuple = ()) -> dict[str, Any]:
+          compare: list[str] | tuple = (), swept: bool = False) -> dict[str, Any]:
     """Train one run in `run_dir` (new, or resumed from its checkpoint), holding the folder's
     lock and marking it vaerun's; its metrics.json content. `stop`: the command's stop requests
     (else the run installs its own for its duration). Raises Interrupted on a stop signal,
     after writing the checkpoint if anything was started. torch's process-wide settings are
-    handed back after. `compare`: the keys the command varied, HParams' first columns."""
+    handed back after. `compare`: the keys the command varied (`swept`: in a sweep), HParams'
+    first columns."""
     rd, opened = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir), time.perf_counter()
     t = cfg.trainer
     device = runtime.resolve_device(t.device)
@@ -56,21 +57,24 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
         rd.claim()
         rd.clean_temporaries()
         if session.finished:
-            log.info("%s is already finished (%d epochs); nothing to do", rd,
-                     session.progress.epoch)
+            log.info("%s is already finished (epoch %d of %d); nothing to do", rd,
+                     session.progress.epoch, cfg.trainer.epochs)
             return rd.metrics()
-        return _train(session, stop, list(compare))
+        return _train(session, stop, list(compare), swept)
 
 
-def _train(session: Session, stop: StopRequests, compare: list[str]) -> dict[str, Any]:
+def _train(session: Session, stop: StopRequests, compare: list[str], swept: bool
+           ) -> dict[str, Any]:
     note = session.vae.likelihood.explain(session.data.values)
     if note:  # what the likelihood is on these data: chosen on purpose, so a note
         log.info("note: %s", note)
     p = session.progress
     runlog = RunLog(session.run_dir, purge_step=p.step + 1 if session.resumed else None)
-    trainer = Trainer(session, runlog, stop, compare)
-    log.info("%s", trainer.objective.describe(session.cfg.trainer.batch_size,
-                                              session.cfg.likelihood.name))
+    trainer = Trainer(session, runlog, stop, compare, swept)
+    lik = session.cfg.likelihood
+    sigma = getattr(lik, "sigma", None) if session.cfg.loss.recon.value == "nll" else None
+    log.info("%s", trainer.objective.describe(session.cfg.trainer.batch_size, lik.name + (
+        f" (sigma = {sigma:g})" if sigma is not None else "")))
     try:
         metrics = trainer.run()
     except (MemoryError, torch.OutOfMemoryError) as e:
@@ -91,6 +95,19 @@ def _train(session: Session, stop: StopRequests, compare: list[str]) -> dict[str
     return metrics
 
 
+def summary(m: dict[str, Any], run_dir: Any, latents: int) -> str:
+    """A few labelled numbers of a finished run, and where the rest are kept."""
+    parts = [f"{label} {m[k]:.4g}{unit}" for k, label, unit in (
+        ("test/elbo", "test ELBO", " nats"), ("test/nll_iwae", "IWAE -log p(x)", " nats"),
+        ("test/bits_per_dim", "", " bits/dim"), ("test/kl", "KL", " nats"),
+        ("test/implied_sigma", "implied sigma", ""), ("test/fid_mean", "FID of prior means", ""))
+        if isinstance(m.get(k), float)]
+    if isinstance(m.get("test/active_units"), float):
+        parts.append(f"{m['test/active_units']:.0f} of {latents} latents active")
+    return (f"test: {', '.join(parts)}; every number in {run_dir}/metrics.json and TensorBoard "
+            f"(tensorboard --logdir {run_dir}), pictures in {run_dir}/images/")
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of a step's data noise (binarisation, dequantisation): a function of the run's
     seed and the step alone, so no generator on the device needs saving, and a resume
@@ -103,17 +120,18 @@ class Trainer:
     sync: the loss is checked for NaN or Inf on the logging steps, where the meter is read."""
 
     def __init__(self, session: Session, runlog: RunLog, stop: StopRequests,
-                 compare: list[str] | tuple = ()):
+                 compare: list[str] | tuple = (), swept: bool = False):
         self.s, self.runlog, self.stop = session, runlog, stop
         self.cfg, self.p = session.cfg, session.progress
         self.n, self.bs = len(session.data.train), self.cfg.trainer.batch_size
         self.steps_per_epoch = math.ceil(self.n / self.bs)
         self.last_loss: float | None = None
-        self.compare = list(compare)  # the keys the command varied (HParams' first columns)
+        self.compare, self.swept = list(compare), swept  # what the command varied (HParams)
         self.objective = assemble.objective(self.cfg, session.data.dim)
         left = self.steps_per_epoch * self.cfg.trainer.epochs - self.p.step
         self.train_step = TrainStep(session.vae, session.opt, self.objective,
                                     compile_mode(self.cfg.trainer.compile, session.device, left))
+        self.train_step.progress_seconds = self.cfg.trainer.progress_seconds
         # every image once an epoch, the last batch padded to the others' shape (mask 0)
         total = self.steps_per_epoch * self.bs
         self.mask = (torch.arange(total, device=session.device) < self.n).float()
@@ -154,19 +172,22 @@ class Trainer:
         lines = ProgressLines(f"epoch {p.epoch + 1}/{t.epochs}", self.steps_per_epoch, "steps",
                               t.progress_seconds, p.batch, self.progress_note)
         started = time.perf_counter()
-        for b in range(p.batch, self.steps_per_epoch):
-            self.step(b)
-            bar.update()
-            lines.update(b + 1)
-            if p.step % t.log_every == 0:
+        try:
+            for b in range(p.batch, self.steps_per_epoch):
+                self.step(b)
+                bar.update()
+                lines.update(b + 1)
+                if p.step % t.log_every == 0:
+                    self.log_train(bar)
+                if self.stop.requested:
+                    break
+            if p.batch == self.steps_per_epoch and s.meter:  # every step lands in some point
                 self.log_train(bar)
-            if self.stop.requested:
-                break
-        if p.batch == self.steps_per_epoch and s.meter:  # every step lands in some point
-            self.log_train(bar)
+        finally:
+            bar.close()
+            lines.close()
         seconds = time.perf_counter() - started
         p.seconds += seconds
-        bar.close()
         return seconds
 
     def epoch_images(self) -> None:
@@ -223,8 +244,9 @@ class Trainer:
         s.sched.step()
         self.train_step.set_lr()
         started = time.perf_counter()
-        test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size, self.cfg.eval.seed,
-                        t.batch_size)
+        with phase(f"epoch {p.epoch}/{t.epochs}: the test set's terms", t.progress_seconds):
+            test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size,
+                            self.cfg.eval.seed, t.batch_size)
         self.runlog.scalars("train", {"lr": lr}, p.step)
         self.runlog.scalars("time", {"epoch_seconds": epoch_seconds,
                                      "test_eval_seconds": time.perf_counter() - started}, p.step)
@@ -232,11 +254,12 @@ class Trainer:
             raise NonFiniteError(f"non-finite test loss after epoch {p.epoch}; {self.hint()}")
         self.runlog.scalars("test", test, p.step)
         self.runlog.update_split("test", test, p.step)
-        log.info("epoch %d/%d: test loss %.3f, elbo %.3f, log p(x|z) %.3f, kl %.3f, mse %.5f "
-                 "(nats per image)", p.epoch, t.epochs, test["loss"], test["elbo"],
-                 test["log_px_z"], test["kl"], test["mse"])
+        log.info("epoch %d/%d: test elbo %.3f = log p(x|z) %.3f - kl %.3f nats per image, mse "
+                 "%.5f per pixel; the loss as written %.4g (%s)", p.epoch, t.epochs, test["elbo"],
+                 test["log_px_z"], test["kl"], test["mse"], test["loss"], self.objective.scale())
         if p.epoch < t.epochs and p.epoch % t.pictures_every == 0:
-            write_pictures(s.vae, s.data, self.runlog, p.step)
+            with phase(f"epoch {p.epoch}/{t.epochs}: pictures", t.progress_seconds):
+                write_pictures(s.vae, s.data, self.runlog, p.step)
         self.checkpoint("running")
 
     def finish(self) -> dict[str, Any]:
@@ -244,14 +267,17 @@ class Trainer:
         checkpoint and record."""
         s = self.s
         try:
-            final = evaluate_run(s.vae, s.data, self.cfg, self.runlog, self.p.step,
-                                 poll=self.stop.check)
+            evaluate_run(s.vae, s.data, self.cfg, self.runlog, self.p.step, poll=self.stop.check)
         except Interrupted:
             self.checkpoint("interrupted")
             raise
-        log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
-        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(self.compare), HEADLINE,
-                            first=self.compare, trial=s.run_dir.name)
+        log.info("%s", summary(self.runlog.metrics, s.run_dir, s.vae.latent_dim))
+        # TensorBoard lists the columns marked as differing first (each group by name): in a
+        # sweep what it varies, else what defines the experiment
+        lead = self.compare if self.swept else DEFINING
+        self.runlog.hparams(hparams(self.cfg, s.seed), hparam_columns(self.compare, self.swept),
+                            HEADLINE,
+                            first=lead, trial=s.run_dir.name)
         self.checkpoint("finished")
         log.info("finished %s", s.run_dir)
         return self.runlog.metrics

@@ -83,22 +83,32 @@ def _unit(metric: str) -> str:
     return f"{short} ({UNITS.get(short, 'nats')})".replace(" ()", "")
 
 
+HEADLINE = ["test/elbo", "test/nll_iwae", "test/bits_per_dim", "test/kl", "test/active_units",
+            "test/mse", "test/implied_sigma", "test/implied_beta", "test/fid_mean"]
+
+
+def table(groups: list[Group], cols: list[str], metrics: list[str]) -> list[str]:
+    lines = [row(cols + ["n"] + [_unit(m) for m in metrics]), "|" + " --- |" * (len(cols) + 1
+                                                                             + len(metrics))]
+    return lines + [row([v for _, v in g.key] + [str(len(g.runs))] + [_cell(g, m) for m in metrics])
+                    for g in groups]
+
+
 def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics: list[str],
                   unfinished: list[Run]) -> str:
+    """What a user compares first (HEADLINE, where the runs have it), then every metric."""
     cols = [k for k in keys if k != SEED]
     constant = constant_metrics(groups, metrics) if len(groups) > 1 else {}
     shown = [m for m in metrics if m not in constant]
-    head = cols + ["n"] + [_unit(m) for m in shown]
     lines = [f"# Sweep report: {sweep_dir}", "",
              "Final test metrics, mean ± std over seeds (± where the seeds differ); nats per "
-             "image unless marked.", ""]
+             "image unless marked. Every metric of every group: below, and in report.csv.", ""]
     if constant:
         lines += ["The same in every run: " + ", ".join(
-            f"{_unit(m)} = {v:.4g}" for m, v in constant.items()) + ".", ""]
-    lines += [row(head), "|" + " --- |" * len(head)]
-    for g in groups:
-        lines.append(row([v for _, v in g.key] + [str(len(g.runs))] + [_cell(g, m) for m in shown]))
-    lines += ["", "## Unfinished or failed runs", ""]
+            f"{_unit(m)} = {v:.4g}" for m, v in constant.items() if m in HEADLINE) + ".", ""]
+    lines += table(groups, cols, [m for m in HEADLINE if m in shown])
+    lines += ["", "<details><summary>All metrics</summary>", "", *table(groups, cols, shown), "",
+              "</details>", "", "## Unfinished or failed runs", ""]
     for r in unfinished:
         why = f": {r.metrics['error']}" if r.metrics.get("error") else ""
         lines.append(f"- `{r.path.relative_to(sweep_dir)}` — {r.status}{why}")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vaerun.elbo import Objective, elbo_terms
+from vaerun.logs import phase
 from vaerun.model import VAE
 
 log = logging.getLogger("vaerun")
@@ -50,6 +51,7 @@ class TrainStep:
     images); returns the names of the terms, their sums over the images, and the images."""
 
     backend = "inductor"  # torch.compile's (tests use aot_eager: the same graph, no codegen)
+    progress_seconds: float | None = None  # lines while it compiles (trainer.progress_seconds)
 
     def __init__(self, vae: VAE, opt: torch.optim.Optimizer, objective: Objective,
                  compile_mode: str | None):
@@ -109,7 +111,9 @@ class TrainStep:
         self.buffers = (idx.clone(), mask.clone())
         started = time.perf_counter()
         try:
-            out = self.compiled(x_all, *self.buffers, self.lrs)
+            with phase("trainer.compile: capturing the training step as one graph",
+                       self.progress_seconds):
+                out = self.compiled(x_all, *self.buffers, self.lrs)
         except Exception as e:  # noqa: BLE001 (a compiler's failure of any kind)
             log.warning("trainer.compile: the step could not be captured (%s: %s); training "
                         "eager", type(e).__name__, (str(e).strip().splitlines() or [""])[0][:200])
