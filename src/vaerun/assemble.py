@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaerun import config, optim, slurm
+from vaerun import config, images, optim, slurm
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.elbo import Meter, Objective, step_bytes
@@ -56,6 +56,9 @@ def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     shape = Dataset.lookup(rc.dataset.name).shape_of(rc.dataset)
     if shape is not None:
         objective(rc, math.prod(shape)).check(rc.trainer.batch_size)
+        require(rc.model.name != "conv" or shape[1] % 4 == 0 and shape[1] == shape[2],
+                "model", "conv", f"model=conv takes square images whose side is a multiple of 4 "
+                f"(28, 32, 64, ...), not {shape[1]}x{shape[2]}: set dataset.size, or model=mlp")
     if training and shape is not None:
         check_memory(rc, device)
     return rc
@@ -73,7 +76,8 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
     n = sum(p.numel() for p in vae.parameters())
     batch = min(cfg.trainer.batch_size, cfg.trainer.eval_batch_size)
     need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) \
-        + 4 * d * (cfg.dataset.n_train or 70000)
+        + (1 if issubclass(Dataset.lookup(cfg.dataset.name), images.Images) else 4) * d * (
+            cfg.dataset.n_train or 70000)
     have = free_memory(device)
     if need > have:
         sizes = {k: v for k, v in vars(cfg.model).items() if isinstance(v, int)}

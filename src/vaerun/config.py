@@ -193,8 +193,14 @@ class EvalConfig:  # every key may change at evaluation and on resume
     batch_size: int = field(default=500, metadata=RESUMABLE)
     seed: int = field(default=0, metadata=RESUMABLE)
     quality_images: int = field(default=10000, metadata=RESUMABLE)  # 0: no sample quality
+    # Inception v3 weights (a local file: nothing is downloaded) to score images not digits
+    inception_weights: str | None = field(default=None, metadata=RESUMABLE)
 
     def check(self, key: str) -> None:
+        if self.inception_weights is not None:
+            require(os.path.isfile(os.path.expanduser(self.inception_weights)),
+                    f"{key}.inception_weights", self.inception_weights, "not a file: give the "
+                    "path of Inception v3 weights (torch-fidelity's pt_inception-2015-12-05)")
         require_at_least(f"{key}.iwae_k", self.iwae_k, 0)
         require_at_least(f"{key}.quality_images", self.quality_images, 0)
         require_at_least(f"{key}.batch_size", self.batch_size, 1)

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from vaerun.config import Registered, require_at_least
 from vaerun.errors import ConfigError, DataError
@@ -28,6 +29,11 @@ from vaerun.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 TEST_NOISE_SEED = 0  # the test set's binarisation/dequantisation noise is fixed across runs
+
+
+def to_float(x: Tensor) -> Tensor:
+    """Pixels as floats in [0, 1]: uint8 ones (k/255) converted, float ones as they are."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
 
 
@@ -119,9 +125,8 @@ class Dataset(Registered):
     def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.device = torch.device(device)
-        train = self._load(self.train_file, cfg.n_train, "n_train")
-        test = self._load(self.test_file, cfg.n_test, "n_test")
-        self.image_shape = (1, *train.shape[1:])
+        train, test = self.arrays()
+        self.image_shape = tuple(train.shape[1:]) if train.ndim == 4 else (1, *train.shape[1:])
         self.dim = int(np.prod(train.shape[1:]))
         # fixed noise is drawn on the CPU, then moved: the same test set on every device
         as_tensor = lambda a: torch.from_numpy(a.reshape(len(a), -1).copy())  # noqa: E731
@@ -129,6 +134,11 @@ class Dataset(Registered):
         self.test = self.fixed(as_tensor(test), "test").to(self.device)
 
     # -- what subclasses change ------------------------------------------------------------
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The uint8 train and test images, [N, H, W] (one channel) or [N, C, H, W]."""
+        return (self._load(self.train_file, self.cfg.n_train, "n_train"),
+                self._load(self.test_file, self.cfg.n_test, "n_test"))
+
     def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
         """uint8 pixels (on the CPU) -> the float tensor kept in memory, with any noise that
         never changes (drawn with `cpu_generator`)."""

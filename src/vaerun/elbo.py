@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vaerun.config import FLOAT32_MAX, FLOAT32_TINY, LossConfig, Over, Recon, require
+from vaerun.data import to_float
 from vaerun.model import VAE
 
 
@@ -79,8 +80,9 @@ class Objective:
         a_rec, a_kl = self.weights(batch)
         return (batch * a_rec) * recon + (batch * a_kl) * kl
 
-    def describe(self, batch: int, likelihood: str) -> str:
-        """One line: the loss as written and the model it is (`likelihood`: its name)."""
+    def describe(self, batch: int, likelihood: str, shape: tuple[int, ...] = ()) -> str:
+        """One line: the loss as written and the model it is (`likelihood`: its name; `shape`:
+        the images', C×H×W)."""
         c = self.cfg
         rec = {Recon.sse: "squared error", Recon.nll: "-log p(x|z)"}[c.recon]
         r = f"{c.recon_over_batch.value} over images of ({c.recon_over_pixels.value} over pixels of {rec})"
@@ -95,7 +97,9 @@ class Objective:
                  if "implied_sigma" in what else
                  f"the {likelihood} VAE at beta = {what['implied_beta']:.4g}")
         name = f" ({c.name})" if c.name not in ("elbo", "") else ""
-        return (f"loss{name}: {line} is {model} on these {self.pixels}-pixel images"
+        images = (f"{'x'.join(map(str, shape))} images (D = {self.pixels} values)"
+                  if shape and shape[0] > 1 else f"{self.pixels}-pixel images")
+        return (f"loss{name}: {line} is {model} on these {images}"
                 + (f" at a batch of {batch}" if self.batch_dependent else ""))
 
     @property
@@ -220,6 +224,6 @@ def evaluate(vae: VAE, x: Tensor, objective: Objective, batch_size: int, seed: i
     pixel_sse = torch.zeros(x.shape[-1], device=x.device)
     with vae.evaluating(), seeded(seed, x.device):
         for i in range(0, len(x), batch_size):
-            meter.add(elbo_terms(vae, x[i: i + batch_size], objective, True, pixel_sse,
+            meter.add(elbo_terms(vae, to_float(x[i: i + batch_size]), objective, True, pixel_sse,
                                  loss_batch))
     return {**meter.means(), **vae.likelihood.pixel_report(pixel_sse / len(x))}

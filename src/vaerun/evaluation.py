@@ -34,7 +34,7 @@ from torch.distributions import Distribution, kl_divergence
 from tqdm import tqdm
 
 from vaerun import ppca
-from vaerun.data import Dataset
+from vaerun.data import Dataset, to_float
 from vaerun.elbo import Objective, evaluate, seeded
 from vaerun.logs import ProgressLines, RunLog, phase
 from vaerun.model import VAE
@@ -145,6 +145,9 @@ def train_images(data: Dataset) -> Tensor:
     return data.batch(torch.arange(len(data.train), device=data.train.device), data.noise(0))
 
 
+PPCA_MOST = 2048  # values per image past which no covariance is decomposed (MNIST: 784; 3072: a minute)
+
+
 @torch.no_grad()
 def exact_metrics(vae: VAE, data: Dataset, seconds: float | None = None) -> dict[str, float]:
     """Where p(x|z) = N(f(z), σ²I): the pPCA reference at this σ (any model), and for a linear
@@ -154,8 +157,12 @@ def exact_metrics(vae: VAE, data: Dataset, seconds: float | None = None) -> dict
     if iso is None:
         return {}
     sigma, learned = iso
+    if data.dim > PPCA_MOST:
+        log.info("no pPCA reference: the covariance of D = %d values is a %d x %d matrix, past "
+                 "the %d vaerun decomposes (minutes on a CPU)", data.dim, data.dim, data.dim, PPCA_MOST)
+        return {}
     with phase("test: pPCA's reference (the training images' covariance)", seconds):
-        spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", train_images(data))
+        spec = ppca.spectrum(f"{data.name}:{data.cfg!r}", to_float(train_images(data)))
     latent = vae.latent_dim
     out = spec.reference(data.test, spec.sigma_ml(latent) if learned else sigma, latent)
     out["ppca_kl_dims"] = spec.kl_dims(out["ppca_sigma"], latent)
@@ -180,8 +187,9 @@ def write_pictures(vae: VAE, data: Dataset, runlog: RunLog, step: int,
 @torch.no_grad()
 def calibrated(vae: VAE, data: Dataset, cfg: Any, obj: Objective, test: dict[str, Any],
                progress: bool = True, poll: Callable[[], None] | None = None) -> dict[str, float]:
-    """For a fixed-σ Gaussian: the same encoder and decoder with σ set to its maximum-likelihood
-    value on the training images, σ² = their MSE (z ~ q, as the ELBO draws it): the test ELBO at
+    """For a fixed-σ Gaussian: the same encoder and decoder with σ set to the value that
+    maximises the training images' ELBO (not their likelihood: the ELBO's reconstruction term),
+    σ² = their MSE (z ~ q, as the ELBO draws it): the test ELBO at
     that σ in closed form from the test MSE and KL (`test`: this step's test/* terms), and the
     IWAE bound's bits/dim with it. {} for any other likelihood."""
     lik = vae.likelihood
@@ -220,12 +228,18 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     seconds it all took (the classifier's import and the test images' statistics included).
     {} where the images are no 28×28 digits (the classifier knows digits only)."""
     n = min(cfg.eval.quality_images, len(data.test))
-    if not n or data.image_shape != (1, 28, 28) or not data.name.startswith("mnist"):
+    digits = data.image_shape == (1, 28, 28) and data.name.startswith("mnist")
+    if not n or not (digits or cfg.eval.inception_weights):
+        if n:
+            log.info("no sample quality: vaerun's classifier knows 28x28 grey digits only; "
+                     "eval.inception_weights=PATH (Inception v3 weights for torchmetrics' FID) "
+                     "scores these images")
         return {}
     from vaerun import quality
 
     started, test = time.perf_counter(), data.test[:n]
-    metric = quality.fid_metric(f"{data.name}:{data.cfg!r}:{len(test)}", test)
+    metric = (quality.fid_metric(f"{data.name}:{data.cfg!r}:{len(test)}", test) if digits else
+              quality.inception_metric(cfg.eval.inception_weights, test, data.image_shape))
     lik, means, draws, recons = vae.likelihood, [], [], []
     with vae.evaluating(), seeded(cfg.eval.seed, data.test.device):
         for z in vae.prior().sample((n,)).split(cfg.eval.batch_size):

@@ -74,7 +74,7 @@ def _train(session: Session, stop: StopRequests, compare: list[str], swept: bool
     lik = session.cfg.likelihood
     sigma = getattr(lik, "sigma", None) if session.cfg.loss.recon.value == "nll" else None
     log.info("%s", trainer.objective.describe(session.cfg.trainer.batch_size, lik.name + (
-        f" (sigma = {sigma:g})" if sigma is not None else "")))
+        f" (sigma = {sigma:g})" if sigma is not None else ""), session.data.image_shape))
     try:
         metrics = trainer.run()
     except (MemoryError, torch.OutOfMemoryError) as e:

@@ -108,16 +108,49 @@ def fid_metric(key: str, test: Tensor, batch_size: int = 1000):
     return _METRICS[key]
 
 
+def inception_metric(path: str, test: Tensor, shape: tuple[int, ...], batch_size: int = 100):
+    """torchmetrics' FrechetInceptionDistance in Inception v3's features, from the weights file
+    `path` (nothing is downloaded), the test images `test` ([N, D], `shape` each) its real half."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
+                                          feature_extractor_weights_path=str(path)).to(test.device)
+    except (ImportError, ModuleNotFoundError, RuntimeError) as e:
+        from vaerun.errors import ConfigError
+
+        raise ConfigError("eval.inception_weights", path, f"torchmetrics' Inception features "
+                          f"could not be built ({str(e).splitlines()[0]}); they need "
+                          "torch-fidelity: pip install torch-fidelity") from None
+    metric.image_shape = shape
+    with torch.no_grad():
+        for i in range(0, len(test), batch_size):
+            metric.update(_rgb(metric, test[i: i + batch_size]), real=True)
+    return metric
+
+
+def _rgb(metric, x: Tensor) -> Tensor:
+    """[N, D] pixels as the [N, 3, H, W] images an Inception metric takes (others: as they are)."""
+    shape = getattr(metric, "image_shape", None)
+    return x if shape is None else x.reshape(-1, *shape).expand(-1, 3, -1, -1)
+
+
 @torch.no_grad()
 def frechet(metric, images: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """The Fréchet distance of `images` ([N, 784] in [0, 1]) to the metric's real images, and
-    the entropy (nats) of the classes the classifier predicts for them (log 10 at most)."""
+    """The Fréchet distance of `images` ([N, D] in [0, 1]) to the metric's real images, and
+    the entropy (nats) of the classes the classifier predicts for them (log 10 at most; NaN in
+    Inception's features, which predict no digit)."""
     metric.reset()
-    metric.inception.counts.zero_()
+    counts = getattr(metric.inception, "counts", None)
+    if counts is not None:
+        counts.zero_()
     for i in range(0, len(images), batch_size):
-        metric.update(images[i: i + batch_size].clamp(0, 1), real=False)
-    p = metric.inception.counts / metric.inception.counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+        metric.update(_rgb(metric, images[i: i + batch_size].clamp(0, 1)), real=False)
+    entropy = math.nan
+    if counts is not None:  # (the classifier's counts, as they are after the updates)
+        counts = metric.inception.counts
+        p = counts / counts.sum()
+        entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return metric.compute().item(), entropy
 
 

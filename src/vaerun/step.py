@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vaerun.data import to_float
 from vaerun.elbo import Objective, elbo_terms
 from vaerun.logs import phase
 from vaerun.model import VAE
@@ -40,7 +41,7 @@ class Loss(nn.Module):
         self.vae, self.objective = vae, objective
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, tuple]:
-        n = mask.sum()
+        x, n = to_float(x), mask.sum()  # uint8 images (dataset=images): floats a batch at a time
         terms = elbo_terms(self.vae, x, self.objective, bce=False, batch=n, mask=mask)
         sums = (torch.stack([v.detach() for v in terms.values()], 1) * mask[:, None]).sum(0)
         return (terms["loss"] * mask).sum() / n, (sums, n)

@@ -1,0 +1,276 @@
+"""Your own images, CIFAR-10 and CelebA as their users keep them, in colour.
+
+`dataset=images dataset.root=DIR`: every PNG, JPEG or WebP under DIR, flat or in folders, of any
+size and mode (other files are ignored), made `channels` (3: RGB, its alpha dropped; 1: grey),
+centre-cropped (to `crop`² first if given, else the largest square) and resized to `size`²
+(torchvision's functional transforms, antialiased). A `train/` and a `test/` folder are the
+split where both exist, else a seeded `test_fraction` of the files. An image that cannot be
+decoded stops the run with one line naming it (a broken download is better found than skipped).
+
+Decoding is done once: the uint8 images are cached under the user's cache directory
+($XDG_CACHE_HOME/vaerun, else ~/.cache/vaerun), keyed by the files' names, sizes and times and
+these keys, never in the user's folder; a changed folder is decoded again. The images are held
+as uint8 on the device and made floats in [0, 1] a batch at a time (CelebA at 64×64×3: 2 GB,
+not 8).
+
+`dataset=cifar10` reads torchvision's `cifar-10-batches-py/` under `root`, and `dataset=celeba`
+its `celeba/img_align_celeba/` with `list_eval_partition.txt` (0: train, 2: test), each file
+checked against its published MD5 first (`verify`); nothing is downloaded unless
+`download=true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaerun.config import require, require_at_least
+from vaerun.data import DataConfig, Dataset
+from vaerun.errors import ConfigError, DataError
+from vaerun.rundir import write_atomic
+
+log = logging.getLogger("vaerun")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+CACHE_VERSION = 1  # what a cached array is: bump it when decoding changes
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaerun" / "images"
+
+
+class Images(Dataset):
+    """Every PNG, JPEG or WebP under `root` (see the module docstring)."""
+
+    name = "images"
+    missing_hint = "give the folder of your images (dataset.root=DIR)"
+
+    @dataclass
+    class Config(DataConfig):
+        name: str = "images"
+        download: bool = False
+        size: int = 64  # the side of the square each image is resized to
+        crop: int | None = None  # a centre crop of this side first (CelebA: 148), else the largest
+        channels: int = 3  # 3: RGB, 1: grey
+        test_fraction: float = 0.1  # where the folder has no train/ and test/
+        dequantize: bool = False  # x = (k + u)/256, as dataset=mnist's
+
+        def check(self, key: str) -> None:
+            super().check(key)
+            require_at_least(f"{key}.size", self.size, 4)
+            require(self.channels in (1, 3), f"{key}.channels", self.channels, "choose 1 or 3")
+            if self.crop is not None:
+                require_at_least(f"{key}.crop", self.crop, 1)
+            require(isinstance(self.test_fraction, float) and 0 < self.test_fraction < 1,
+                    f"{key}.test_fraction", self.test_fraction, "must be a fraction in (0, 1)")
+
+    @classmethod
+    def shape_of(cls, cfg: Config) -> tuple[int, ...]:
+        return (cfg.channels, cfg.size, cfg.size)
+
+    @classmethod
+    def validate(cls, cfg: Config, key: str) -> None:
+        if cfg.root is None:
+            raise ConfigError(f"{key}.root", None, f"give the folder of your images: {key}=images "
+                              f"{key}.root=DIR")
+        super().validate(cfg, key)
+
+    @property
+    def values(self) -> str:
+        return "continuous" if self.cfg.dequantize else "8bit"
+
+    def fixed(self, pixels: torch.Tensor, split: str) -> torch.Tensor:
+        """Training images stay uint8 (floats a batch at a time); the test set is floats,
+        dequantised once (seed 0) where asked."""
+        if split == "train":
+            return pixels
+        x = pixels.float()
+        if self.cfg.dequantize:
+            return x.add_(torch.rand(x.shape, generator=self.cpu_generator(0))).div_(256.0)
+        return x.div_(255.0)
+
+    def fresh(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self.cfg.dequantize:
+            return x
+        u = torch.rand(x.shape, generator=generator, device=x.device)
+        return u.add_(x).div_(256.0)
+
+    def split(self) -> tuple[list[Path], list[Path]]:
+        """The training and test files: train/ and test/ where both exist, else a seeded
+        `test_fraction` of every image under root."""
+        root = Path(self.cfg.root).expanduser()
+        images = lambda d: sorted(p for p in d.rglob("*") if p.suffix.lower() in SUFFIXES  # noqa: E731
+                                  and p.is_file())
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            return images(root / "train"), images(root / "test")
+        files = images(root)
+        if len(files) < 2:
+            raise DataError(f"dataset.root={self.cfg.root} holds {len(files) or 'no'} PNG, JPEG or "
+                            "WebP image(s); it needs two at least (a train and a test image)")
+        random.Random(0).shuffle(files)
+        n_test = max(1, round(len(files) * self.cfg.test_fraction))
+        return files[n_test:], files[:n_test]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        train, test = self.split()
+        train, test = train[: self.cfg.n_train], test[: self.cfg.n_test]
+        out = [self.decoded(files, split) for files, split in ((train, "train"), (test, "test"))]
+        return out[0], out[1]
+
+    def decoded(self, files: list[Path], split: str) -> np.ndarray:
+        """[N, C, size, size] uint8 images of `files`, from the cache where it has them."""
+        c = self.cfg
+        h = hashlib.sha256(repr((CACHE_VERSION, c.size, c.crop, c.channels)).encode())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        path = cache_dir() / f"{self.name}-{split}-{h.hexdigest()[:24]}.npy"
+        if path.exists():
+            log.info("dataset: %d %s images of %s from the cache (%s)", len(files), split, c.root,
+                     path)
+            return np.load(path, allow_pickle=False)
+        started, done = time.perf_counter(), [0]
+
+        def one(p: Path) -> np.ndarray:
+            out = self.decode(p)
+            done[0] += 1
+            if done[0] % 2000 == 0:
+                log.info("dataset: decoding %s: %d of %d images (%.0f s)", c.root, done[0],
+                         len(files), time.perf_counter() - started)
+            return out
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            images = np.stack(list(pool.map(one, files)))
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, images, allow_pickle=False)
+        write_atomic(path, buf.getvalue())
+        log.info("dataset: decoded %d %s images of %s in %.1f s, cached in %s", len(files), split,
+                 c.root, time.perf_counter() - started, path)
+        return images
+
+    def decode(self, path: Path) -> np.ndarray:
+        """One image file as a [C, size, size] uint8 array."""
+        from PIL import Image
+        from torchvision.transforms import functional as F
+
+        c = self.cfg
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB" if c.channels == 3 else "L")
+        except Exception as e:  # noqa: BLE001 (PIL's errors for a broken or foreign file)
+            raise DataError(f"{path} is no readable image ({type(e).__name__}: {e}); remove or "
+                            "replace it") from None
+        img = F.center_crop(img, [c.crop or min(img.size)] * 2)
+        img = F.resize(img, [c.size, c.size], antialias=True)
+        return np.asarray(F.pil_to_tensor(img), dtype=np.uint8)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: only numpy's arrays are rebuilt from them, never code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's)
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+class CIFAR10(Images):
+    """CIFAR-10 (Krizhevsky 2009): 50,000 + 10,000 32×32 RGB images, from torchvision's
+    `cifar-10-batches-py/` under `root`, each batch checked against its published MD5."""
+
+    name = "cifar10"
+    sizes = (50000, 10000)
+    missing_hint = ("put torchvision's cifar-10-batches-py/ there, or add dataset.download=true "
+                    "to fetch it with torchvision")
+
+    @dataclass
+    class Config(DataConfig):
+        name: str = "cifar10"
+        download: bool = False
+        verify: bool = True  # each file's published MD5
+        dequantize: bool = False
+        size: int = 32
+        channels: int = 3
+
+        def check(self, key: str) -> None:
+            super().check(key)
+            require(self.size == 32 and self.channels == 3, f"{key}.size", self.size,
+                    "CIFAR-10's images are 32x32 RGB")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        import torchvision
+        from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+        tv, root = torchvision.datasets.CIFAR10, Path(self.cfg.root).expanduser()
+        folder = root / tv.base_folder
+        if self.cfg.download and not folder.is_dir():
+            download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
+        out = []
+        for files, n in ((tv.train_list, self.cfg.n_train), (tv.test_list, self.cfg.n_test)):
+            parts = []
+            for name, md5 in files:
+                path = folder / name
+                if not path.is_file():
+                    raise DataError(f"{path} is missing; {self.missing_hint}")
+                if self.cfg.verify and not check_integrity(str(path), md5):
+                    raise DataError(f"{path} fails its published MD5 check (damaged, or another "
+                                    "file); fetch it again, or dataset.verify=false for a copy "
+                                    "you made yourself")
+                try:
+                    with open(path, "rb") as f:
+                        batch = SafeUnpickler(f, encoding="bytes").load()
+                    parts.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as e:
+                    raise DataError(f"{path} is no CIFAR-10 batch ({e}); fetch it again") from None
+            out.append(np.concatenate(parts)[:n])
+        return out[0], out[1]
+
+
+class CelebA(Images):
+    """CelebA (Liu et al. 2015), aligned and cropped: 202,599 178×218 face photographs under
+    `root`/celeba/img_align_celeba/, split by list_eval_partition.txt (train 0, test 2), centre
+    -cropped to 148 and resized to 64 as usual; decoded once and cached like dataset=images."""
+
+    name = "celeba"
+    missing_hint = ("put torchvision's celeba/ there (img_align_celeba/ and "
+                    "list_eval_partition.txt), or add dataset.download=true")
+    PARTITION_MD5 = "d32c9cbf5e040fd4025c592c306e6668"  # torchvision's CelebA.file_list
+
+    @dataclass
+    class Config(Images.Config):
+        name: str = "celeba"
+        crop: int | None = 148
+        verify: bool = True
+
+    def split(self) -> tuple[list[Path], list[Path]]:
+        from torchvision.datasets.utils import check_integrity
+
+        base = Path(self.cfg.root).expanduser() / "celeba"
+        if self.cfg.download and not (base / "img_align_celeba").is_dir():
+            import torchvision
+
+            torchvision.datasets.CelebA(str(base.parent), split="all", download=True)
+        partition = base / "list_eval_partition.txt"
+        if not partition.is_file() or not (base / "img_align_celeba").is_dir():
+            raise DataError(f"{base} lacks img_align_celeba/ or list_eval_partition.txt; "
+                            f"{self.missing_hint}")
+        if self.cfg.verify and not check_integrity(str(partition), self.PARTITION_MD5):
+            raise DataError(f"{partition} fails its published MD5 check; fetch it again, or "
+                            "dataset.verify=false for a copy you made yourself")
+        rows = [ln.split() for ln in partition.read_text().splitlines() if ln.strip()]
+        files = {s: [base / "img_align_celeba" / n for n, p in rows if p == s] for s in "02"}
+        return files["0"], files["2"]

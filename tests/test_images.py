@@ -1,0 +1,160 @@
+"""Your own images (#40): a folder of PNGs, JPEGs and WebPs of any sizes and modes, CIFAR-10 and
+CelebA as torchvision keeps them, in colour; on images the tests make (no colour data set is
+on this machine). The user's folder is left as it was; decoding is cached outside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_process
+
+QUICK = ["trainer.epochs=1", "trainer.batch_size=32", "eval.iwae_k=4", "eval.quality_images=0"]
+
+
+def make_folder(root: Path, n: int = 300, seed: int = 0) -> Path:
+    """`n` PNGs of three sizes and four modes (RGB, RGBA, L, P), some in folders, and a text
+    file among them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        w, h = [(40, 30), (64, 64), (33, 50)][i % 3]
+        where = root / ["", "a", "a/b"][i % 3]
+        where.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img.convert(["RGB", "RGBA", "L", "P"][i % 4]).save(where / f"img{i}.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def make_cifar(root: Path, per_batch: int = 40) -> Path:
+    """CIFAR-10's own format: cifar-10-batches-py/data_batch_1..5 and test_batch, pickles of
+    {b'data': uint8 [N, 3072], b'labels': [...]}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return root
+
+
+def make_celeba(root: Path, n: int = 40) -> Path:
+    from PIL import Image
+
+    images = root / "celeba" / "img_align_celeba"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(n):
+        name = f"{i + 1:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(images / name)
+        rows.append(f"{name} {[0, 0, 1, 2][i % 4]}")
+    (root / "celeba" / "list_eval_partition.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_a_folder_of_mixed_images_trains_in_colour_and_is_left_as_it_was(tmp_path, env):
+    photos = make_folder(tmp_path / "photos")
+    before = listing(photos)
+    proc = run_process(["train", "dataset=images", f"dataset.root={photos}", "dataset.size=32",
+                        "dataset.dequantize=true", "recipe=antixk", *QUICK,
+                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    m = metrics(tmp_path / "run")
+    assert m["test/implied_sigma"] == pytest.approx((0.00025 * 3072 / 2) ** 0.5, abs=5e-4)  # 0.620
+    assert 0 < m["test/bits_per_dim"] < 16 and m["epoch"] == 1
+    from PIL import Image
+
+    samples = np.asarray(Image.open(tmp_path / "run" / "images" / "samples.png").convert("RGB"))
+    assert (samples[..., 0] != samples[..., 1]).mean() > 0.1  # colour, not grey
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "3x32x32 images (D = 3072 values)" in log
+    assert listing(photos) == before  # not a file added, changed or removed
+    assert list((tmp_path / "cache" / "vaerun" / "images").glob("*.npy"))
+
+
+def test_a_second_run_reads_the_cache_and_gets_the_same_images(tmp_path, monkeypatch):
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = make_folder(tmp_path / "photos", n=30)
+    cfg = Images.Config(root=str(photos), size=16, channels=3)
+    first, again = Images(cfg), Images(cfg)
+    assert first.train.dtype == torch.uint8 and first.train.shape == (27, 3 * 16 * 16)
+    assert torch.equal(first.train, again.train) and torch.equal(first.test, again.test)
+    (photos / "img0.png").touch()  # a changed folder is decoded again
+    os.utime(photos / "img0.png", ns=(1, 1))
+    assert len(list((tmp_path / "cache" / "vaerun" / "images").glob("*.npy"))) == 2
+    Images(cfg)
+    assert len(list((tmp_path / "cache" / "vaerun" / "images").glob("*.npy"))) == 3
+
+
+def test_the_cache_is_said_in_the_log(tmp_path, env):
+    photos = make_folder(tmp_path / "photos", n=20)
+    args = ["train", "dataset=images", f"dataset.root={photos}", "dataset.size=16", *QUICK]
+    for i, says in enumerate(("decoded 18 train images", "18 train images of")):
+        proc = run_process([*args, f"hydra.run.dir={tmp_path / str(i)}"], cwd=tmp_path, env=env)
+        assert proc.returncode == 0 and says in (tmp_path / str(i) / "train.log").read_text()
+    assert "from the cache" in (tmp_path / "1" / "train.log").read_text()
+
+
+def test_cifar10_in_its_own_format(tmp_path, env):
+    data = make_cifar(tmp_path / "data")
+    proc = run_process(["train", "dataset=cifar10", f"dataset.root={data}",
+                        "dataset.verify=false", "model=conv", *QUICK,
+                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert metrics(tmp_path / "run")["status"] == "finished"
+    checked = run_process(["train", "dataset=cifar10", f"dataset.root={data}", *QUICK],
+                          cwd=tmp_path, env=env)  # its published checksums, by default
+    lines = checked.stderr.strip().splitlines()
+    assert checked.returncode == 2 and len(lines) == 1 and "MD5" in lines[0], checked.stderr
+
+
+def test_celeba_in_its_own_format(tmp_path, env):
+    data = make_celeba(tmp_path / "data")
+    proc = run_process(["train", "dataset=celeba", f"dataset.root={data}", "dataset.verify=false",
+                        "dataset.size=16", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"],
+                       cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "20 train images" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("case", ["empty", "corrupt", "missing"])
+def test_a_folder_without_usable_images_is_one_line(tmp_path, env, case):
+    photos = tmp_path / "photos"
+    if case != "missing":
+        make_folder(photos, n=4)
+    if case == "empty":
+        for p in photos.rglob("*.png"):
+            p.unlink()
+    if case == "corrupt":
+        (photos / "img1.png").write_bytes(b"\x89PNG not really")
+    proc = run_process(["train", "dataset=images", f"dataset.root={photos}", *QUICK,
+                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert {"empty": "no PNG", "corrupt": "img1.png", "missing": "dataset.root"}[case] in lines[0]
+    assert not (tmp_path / "run").exists()
