@@ -143,21 +143,6 @@ def test_no_private_api_of_hydra_or_submitit():
     assert not re.findall(r"hydra\._internal|_return_value|_EXECUTOR", text)
 
 
-def front_hall_lines() -> dict[str, int]:
-    """The front hall's modules, and any module that imports hydra, omegaconf, argparse,
-    signal or submitit: their lines."""
-    hall = {"cli", "gate", "api", "config", "assemble", "rundir", "logs", "signals", "slurm",
-            "runtime", "errors"}
-    pattern = re.compile(r"^\s*(import|from) (hydra|omegaconf|argparse|signal|submitit)\b", re.M)
-    return {p.stem: len(p.read_text().splitlines()) for p in SRC.glob("*.py")
-            if p.stem in hall or pattern.search(p.read_text())}
-
-
-def test_the_front_hall_is_small():
-    lines = front_hall_lines()
-    assert sum(lines.values()) <= 1450, lines
-
-
 # -- the Python API -----------------------------------------------------------------------------
 def test_two_trainings_in_one_process_return_their_metrics_and_leave_it_as_it_was(tmp_path,
                                                                                   monkeypatch):
