@@ -9,8 +9,8 @@ importance samples (the IWAE bound, k samples, one seed), in bits per 8-bit pixe
   open edges    the same with the edge bins extended: P(0) = F(1/256), P(255) = 1 - F(255/256)
                 (the mass the density puts below 0 and above 1 given to black and white)
 
-    vaerun train likelihood=logistic dataset.dequantize=true hydra.run.dir=outputs/deq_gap
-    python scripts/dequantization_gap.py outputs/deq_gap [--k 100]
+    vaerun train likelihood=logistic dataset.dequantize=true trainer.epochs=2 hydra.run.dir=outputs/deq_gap
+    python scripts/dequantization_gap.py outputs/deq_gap [--k 100] [--n 10000]
 """
 
 from __future__ import annotations
@@ -25,18 +25,21 @@ from vaerun.elbo import seeded
 
 
 def mixture_cdf(p_x, y: torch.Tensor) -> torch.Tensor:
-    """F(y) of the per-pixel logistic mixture p(x|z) (y broadcast to its pixels)."""
-    comp = p_x.components
-    pi = torch.softmax(p_x.logits, -2)
-    return (pi * torch.sigmoid((y.unsqueeze(-2) - comp.loc) / comp.scale)).sum(-2)
+    """F(y) of the per-pixel logistic mixture p(x|z) (y broadcast to its pixels), in float64
+    so that a narrow bin's F(b) − F(a) does not cancel to 0."""
+    mix = p_x.base_dist  # p(x|z) is Independent(PixelMixture) over the pixels
+    comp = mix.components
+    pi = torch.softmax(mix.logits.double(), -2)
+    t = (y.double().unsqueeze(-2) - comp.loc.double()) / comp.scale.double()
+    return (pi * torch.sigmoid(t)).sum(-2)
 
 
 @torch.no_grad()
-def bits(run: str, k: int, chunk: int = 25) -> dict[str, float]:
+def bits(run: str, k: int, n: int | None = None, chunk: int = 25) -> dict[str, float]:
     cfg, state = load_config(run)
     data, vae = load_run(run, cfg, state)
     vae.eval()
-    lik, x_all = vae.likelihood, data.test
+    lik, x_all = vae.likelihood, data.test[:n]
     grey = torch.floor(x_all * 256).clamp(0, 255)  # the 8-bit value each test pixel came from
     total = {"density": 0.0, "own bins": 0.0, "open edges": 0.0}
     with seeded(0, x_all.device):
@@ -63,8 +66,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--n", type=int, default=None, help="the first n test images (default: all)")
     a = p.parse_args()
-    for name, b in bits(a.run, a.k).items():
+    for name, b in bits(a.run, a.k, a.n).items():
         print(f"{name:>10}: {b:.3f} bits/dim")
 
 
