@@ -177,7 +177,11 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         eval_seconds.append(acc.Scalars("time/test_eval_seconds")[-1].value)
-        return acc.Scalars("time/epoch_seconds")[-1].value
+        step = acc.Scalars("time/epoch_seconds")[-1].step  # less the compile, paid once a run
+        compiled = [e.value for e in (acc.Scalars("time/compile_seconds") if
+                                      "time/compile_seconds" in acc.Tags()["scalars"] else [])
+                    if e.step == step]
+        return acc.Scalars("time/epoch_seconds")[-1].value - sum(compiled)
 
     epoch.eval_seconds = eval_seconds  # type: ignore[attr-defined]
     return epoch
@@ -339,19 +343,24 @@ def elementwise_ns(device: torch.device) -> dict[str, float]:
                 for name, op in ops.items()}
 
 
-def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int) -> dict[str, float]:
+def bench_sweep(out: Path, device: str, epochs: int, n_jobs: int,
+                compiles: tuple[str, ...] = ("auto",)) -> dict[str, float]:
     """A 4-point σ sweep as whole `vaerun train -m` commands: its jobs one at a time (Hydra's
-    basic launcher), and `n_jobs` at once on the same device (joblib); wall seconds each."""
+    basic launcher), and `n_jobs` at once on the same device (joblib); wall seconds each, for
+    each `trainer.compile` setting in `compiles` (a name's suffix where not `auto`)."""
     args = ["-m", "likelihood=gaussian", "likelihood.sigma=0.05,0.1,0.3,1",
             f"trainer.epochs={epochs}", f"trainer.device={device}", "eval.iwae_k=100"]
     result = {}
-    for name, extra in (("one_at_a_time", []),
-                        (f"joblib_{n_jobs}_at_once", ["hydra/launcher=joblib",
-                                                      f"hydra.launcher.n_jobs={n_jobs}"])):
-        t0 = time.perf_counter()
-        vaerun("train", *args, *extra, f"hydra.sweep.dir={out / ('sweep_' + name)}")
-        result[name] = time.perf_counter() - t0
-        print(f"  sweep {name}: {result[name]:.1f} s", file=sys.stderr, flush=True)
+    for compile_ in compiles:
+        for name, extra in (("one_at_a_time", []),
+                            (f"joblib_{n_jobs}_at_once", ["hydra/launcher=joblib",
+                                                          f"hydra.launcher.n_jobs={n_jobs}"])):
+            name += "" if compile_ == "auto" else f"_compile_{compile_}"
+            t0 = time.perf_counter()
+            vaerun("train", *args, *extra, f"trainer.compile={compile_}",
+                   f"hydra.sweep.dir={out / ('sweep_' + name)}")
+            result[name] = time.perf_counter() - t0
+            print(f"  sweep {name}: {result[name]:.1f} s", file=sys.stderr, flush=True)
     return result
 
 
@@ -459,6 +468,11 @@ def main() -> int:
             loops["d_process_torch_import"] = bench_torch_import()
             loops["d_process_bare_5_epochs"] = bench_bare_process(a.batch_size, a.threads,
                                                                   a.device)
+            if a.compile:  # the default run with the step captured and eager, whatever auto does
+                for c in ("true", "false"):
+                    loops[f"d_process_default_5_epochs_compile_{c}"] = bench_process(
+                        tmp, f"default_compile_{c}", ["trainer.epochs=5", f"trainer.compile={c}"],
+                        a.threads, a.device)
         measure(loops)
         for epoch in loops.values():
             getattr(epoch, "close", lambda: None)()
@@ -468,7 +482,8 @@ def main() -> int:
                      "c_bare_compiled": bench_bare(x, a.batch_size, True)})
         mm = matmul_throughput(device)
         ew = elementwise_ns(device)
-        sweep = bench_sweep(tmp, a.device, 2, a.sweep_jobs) if a.sweep_jobs else None
+        sweep = bench_sweep(tmp, a.device, 2, a.sweep_jobs, ("true", "false") if a.compile
+                            else ("auto",)) if a.sweep_jobs else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -522,6 +537,19 @@ def main() -> int:
             iwae_in_epochs=iwae / epoch, quality_over_bare_5_epochs=scoring / five_bare)
     if sweep:
         result["sweep_4_sigmas_2_epochs_seconds"] = sweep
+    if "a_vaerun_compiled" in rows:  # the captured step: its epoch against the bare loop's
+        result["ratios"].update(
+            a_compiled_over_c=rows["a_vaerun_compiled"]["seconds_per_epoch"]
+            / rows["c_bare"]["seconds_per_epoch"],
+            a_compiled_over_a=rows["a_vaerun_compiled"]["seconds_per_epoch"]
+            / rows["a_vaerun"]["seconds_per_epoch"])
+    if "d_process_default_5_epochs_compile_true" in rows:
+        t, f = (rows[f"d_process_default_5_epochs_compile_{c}"]["seconds_per_epoch"]
+                for c in ("true", "false"))
+        result["ratios"]["default_5_epochs_compile_true_over_false"] = t / f
+        if "d_process_bare_5_epochs" in rows:
+            result["ratios"]["default_5_epochs_compile_true_over_bare_process"] = (
+                t / rows["d_process_bare_5_epochs"]["seconds_per_epoch"])
     if "c_bare_fused_adam_flush_denormal" in rows:
         result["ratios"]["a_over_c_fused_adam_flush_denormal"] = (
             rows["a_vaerun"]["seconds_per_epoch"]

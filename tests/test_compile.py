@@ -83,6 +83,13 @@ def test_a_compiled_run_stopped_midway_resumes_to_the_eager_runs_metrics(vaerun,
     a, b = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("e", "c"))
     for k in ("test/elbo", "test/kl", "test/nll_iwae"):
         assert b[k] == pytest.approx(a[k], rel=1e-4), k
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "c"), size_guidance={"scalars": 0})
+    acc.Reload()
+    (captured,) = acc.Scalars("time/compile_seconds")  # once: the compiled epoch, not the eager
+    (first, *_) = acc.Scalars("time/epoch_seconds")
+    assert captured.step == first.step and 0 < captured.value <= first.value
 
 
 def test_auto_compiles_on_the_cpu_only_where_it_pays():

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -241,15 +242,20 @@ class Trainer:
             self.halt_if_asked()
         p.epoch, p.perm, p.batch = p.epoch + 1, None, 0
         lr = s.opt.param_groups[0]["lr"]  # the epoch's (the schedule moves it for the next)
-        s.sched.step()
+        with warnings.catch_warnings():  # a captured step updates Adam's state functionally,
+            warnings.filterwarnings(  # unseen by the scheduler's optimizer.step() counter
+                "ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            s.sched.step()
         self.train_step.set_lr()
         started = time.perf_counter()
         with phase(f"epoch {p.epoch}/{t.epochs}: the test set's terms", t.progress_seconds):
             test = evaluate(s.vae, s.data.test, self.objective, t.eval_batch_size,
                             self.cfg.eval.seed, t.batch_size)
         self.runlog.scalars("train", {"lr": lr}, p.step)
-        self.runlog.scalars("time", {"epoch_seconds": epoch_seconds,
-                                     "test_eval_seconds": time.perf_counter() - started}, p.step)
+        times = {"epoch_seconds": epoch_seconds, "test_eval_seconds": time.perf_counter() - started}
+        if (compiled := self.train_step.compile_seconds) is not None:  # within epoch_seconds
+            times["compile_seconds"], self.train_step.compile_seconds = compiled, None
+        self.runlog.scalars("time", times, p.step)
         if not math.isfinite(test["loss"]):
             raise NonFiniteError(f"non-finite test loss after epoch {p.epoch}; {self.hint()}")
         self.runlog.scalars("test", test, p.step)
