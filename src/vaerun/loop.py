@@ -148,9 +148,10 @@ class Trainer:
             self.checkpoint("running")  # a last good checkpoint exists from the first step on
             self.runlog.layout()
         self.record("running")
-        log.info("training %s: %d images, %d epoch%s of %d steps, on %s (%d threads)", s.run_dir,
+        n = torch.get_num_threads()
+        log.info("training %s: %d images, %d epoch%s of %d steps, on %s (%d thread%s)", s.run_dir,
                  self.n, t.epochs, "" if t.epochs == 1 else "s", self.steps_per_epoch, s.device,
-                 torch.get_num_threads())
+                 n, "" if n == 1 else "s")
         s.vae.train()
         while self.p.epoch < t.epochs:
             self.halt_if_asked()
