@@ -112,6 +112,9 @@ class TrainStep:
                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         self.buffers = (idx.clone(), mask.clone())
         started = time.perf_counter()
+        cpp = logging.getLogger("torch.utils.cpp_extension")  # on import, inductor's C++ build
+        level = cpp.level  # warns "No CUDA runtime is found" on every CPU machine: not news here
+        cpp.setLevel(logging.ERROR)
         try:
             with phase("trainer.compile: capturing the training step as one graph",
                        self.progress_seconds):
@@ -121,6 +124,8 @@ class TrainStep:
                         "eager", type(e).__name__, (str(e).strip().splitlines() or [""])[0][:200])
             self.compiled = None
             return self.eager(x_all[idx], mask)
+        finally:
+            cpp.setLevel(level)
         self.compile_seconds = time.perf_counter() - started
         log.info("trainer.compile: captured the training step in %.1f s", self.compile_seconds)
         return out
