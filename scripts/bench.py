@@ -177,11 +177,10 @@ def bench_vaerun(out: Path, batch_size: int, device: str, threads: int | None, c
         acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
         acc.Reload()
         eval_seconds.append(acc.Scalars("time/test_eval_seconds")[-1].value)
-        step = acc.Scalars("time/epoch_seconds")[-1].step  # less the compile, paid once a run
-        compiled = [e.value for e in (acc.Scalars("time/compile_seconds") if
-                                      "time/compile_seconds" in acc.Tags()["scalars"] else [])
-                    if e.step == step]
-        return acc.Scalars("time/epoch_seconds")[-1].value - sum(compiled)
+        last = acc.Scalars("time/epoch_seconds")[-1]  # less the compile, paid once a process
+        compiled = (acc.Scalars("time/compile_seconds")
+                    if "time/compile_seconds" in acc.Tags()["scalars"] else [])
+        return last.value - sum(e.value for e in compiled if e.step == last.step)
 
     epoch.eval_seconds = eval_seconds  # type: ignore[attr-defined]
     return epoch

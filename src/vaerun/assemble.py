@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vaerun import config, images, optim, slurm
+from vaerun import config, images, optim, slurm  # noqa: F401 (images: its datasets registered)
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.elbo import Meter, Objective, step_bytes
@@ -69,15 +69,15 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
     gradients, optimizer state and the checkpoint's copy of them, the activations one batch
     keeps for the backward pass and the training data, counted on the meta device (nothing is
     allocated)."""
-    d = math.prod(shape := Dataset.lookup(cfg.dataset.name).shape_of(cfg.dataset))
+    kind = Dataset.lookup(cfg.dataset.name)
+    d = math.prod(shape := kind.shape_of(cfg.dataset))
     with torch.device("meta"):
         vae = VAE(cfg.model, Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, d,
                                                                      cfg.model.link.value), shape)
     n = sum(p.numel() for p in vae.parameters())
     batch = min(cfg.trainer.batch_size, cfg.trainer.eval_batch_size)
     need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) \
-        + (1 if issubclass(Dataset.lookup(cfg.dataset.name), images.Images) else 4) * d * (
-            cfg.dataset.n_train or 70000)
+        + kind.train_bytes * d * (cfg.dataset.n_train or 70000)
     have = free_memory(device)
     if need > have:
         sizes = {k: v for k, v in vars(cfg.model).items() if isinstance(v, int)}

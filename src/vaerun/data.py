@@ -29,12 +29,12 @@ from vaerun.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 TEST_NOISE_SEED = 0  # the test set's binarisation/dequantisation noise is fixed across runs
+STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
 
 
 def to_float(x: Tensor) -> Tensor:
     """Pixels as floats in [0, 1]: uint8 ones (k/255) converted, float ones as they are."""
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
-STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
 
 
 def _read(path: Path) -> tuple[bytes, str]:
@@ -94,6 +94,7 @@ class Dataset(Registered):
 
     sizes: ClassVar[tuple[int, int] | None] = None  # (train, test) images, when always the same
     shape: ClassVar[tuple[int, ...] | None] = None  # (C, H, W) of an image, when known up front
+    train_bytes: ClassVar[int] = 4  # bytes a training value takes in memory (float32)
     missing_hint: ClassVar[str] = "set dataset.root=null to use the bundled copy"
 
     @property

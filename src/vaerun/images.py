@@ -54,6 +54,7 @@ class Images(Dataset):
 
     name = "images"
     missing_hint = "give the folder of your images (dataset.root=DIR)"
+    train_bytes = 1  # training images stay uint8 (`fixed`), made floats a batch at a time
 
     @dataclass
     class Config(DataConfig):
