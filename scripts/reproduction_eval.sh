@@ -7,6 +7,7 @@
 # is read from its metrics.json instead of evaluated again.
 #
 #   bash scripts/reproduction_eval.sh docs/reproduction/run [OUT]      # SEEDS="0 1 2" K=5000
+# THREADS=1 evaluates with one thread (two seeds side by side on two cores: SEEDS=1 and SEEDS=2).
 set -euo pipefail
 run=$1; out=${2:-outputs/reproduction_eval}; k=${K:-5000}
 mkdir -p "$out/iwae_table1"
@@ -30,7 +31,7 @@ for seed in ${SEEDS:-0 1 2}; do
   (cd "$run" && tar --exclude=.lock -cf - .) | tar -xf - -C "$copy"
   start=$SECONDS
   vaerun eval run_dir="$copy" eval.iwae_k="$k" eval.seed="$seed" eval.quality_images=0 \
-    > "$copy/eval.out" 2>&1
+    ${THREADS:+trainer.threads=$THREADS} > "$copy/eval.out" 2>&1
   echo "seed $seed: $((SECONDS - start)) s, $(grep -o 'nll_iwae = [0-9][0-9.]*' "$copy/eval.out" | tail -1)"
 done
 python3 "$(dirname "$0")/mc_error.py" "$out"
