@@ -117,3 +117,25 @@ def test_a_compiled_cpu_run_says_nothing_on_stderr(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "captured the training step" in done.stdout
     assert done.stderr == ""
+
+
+def test_a_step_compiled_wrong_is_caught_at_its_first_step_and_undone(tmp_path, monkeypatch):
+    """A compiler's wrong code (torch 2.14.1's AVX2 code gave NaN at step 1 for the IWAE paper's
+    model): the first captured step is checked against eager's loss on the same batch, its
+    update undone, and the run goes on eager exactly as an eager run does."""
+    def wrong(gm, example_inputs):  # a backend whose code updates right and returns NaN sums
+        def run(*args):
+            return [o * float("nan") if o.is_floating_point() else o for o in gm(*args)]
+        return run
+
+    monkeypatch.setattr(TrainStep, "backend", wrong)
+    runs = {}
+    for c in ("false", "true"):
+        runs[c] = t = trainer(tmp_path, c, f"trainer.compile={c}")  # seeds torch
+        for b in range(3):
+            t.step(b)
+    assert runs["true"].train_step.compiled is None
+    eager, caught = (dict(runs[c].s.vae.named_parameters()) for c in ("false", "true"))
+    assert all(torch.equal(caught[k], eager[k]) for k in eager)
+    a, b = (runs[c].s.meter.means() for c in ("false", "true"))
+    assert a == b

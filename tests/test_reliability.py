@@ -155,3 +155,22 @@ def test_corrupt_data_file_from_the_cli(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: data file ")
     assert "train-images-idx3-ubyte" in lines[0] and "Traceback" not in proc.stdout
+
+
+def test_the_bce_of_a_model_gone_nan_is_a_nan_not_an_error(tmp_path):
+    """Weights that turn NaN within a window reach the logging step's BCE first: it is a NaN
+    there (torch's BCE would raise on it), and the run stops with the one non-finite line."""
+    from vaerun.config import LossConfig
+    from vaerun.elbo import Objective, elbo_terms
+    from vaerun.likelihoods import Likelihood
+    from vaerun.model import MLP, VAE
+
+    lik = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 784)
+    vae = VAE(MLP.Config(hidden=8, latent_dim=2), lik, (1, 28, 28))
+    x = torch.rand(3, 784).round()
+    ok = elbo_terms(vae, x, Objective(LossConfig(), 1.0, 784, 2))["bce"]
+    assert torch.isfinite(ok).all()
+    with torch.no_grad():
+        next(vae.parameters()).fill_(float("nan"))
+    bce = elbo_terms(vae, x, Objective(LossConfig(), 1.0, 784, 2))["bce"]
+    assert bce.shape == (3,) and torch.isnan(bce).all()

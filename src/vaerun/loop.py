@@ -313,5 +313,7 @@ class Trainer:
 
     def hint(self) -> str:
         lik_hint = self.s.vae.likelihood.nonfinite_hint()
-        fix = lik_hint or f"try a smaller optimizer.lr (now {self.cfg.optimizer['lr']:g})"
+        lr, now = self.cfg.optimizer["lr"], self.s.opt.param_groups[0]["lr"]
+        at = f", {now:g} at this point of the schedule" if now != lr else ""
+        fix = lik_hint or f"try a smaller optimizer.lr (now {lr:g}{at})"
         return f"the last good checkpoint is kept; {fix}"

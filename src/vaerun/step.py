@@ -111,6 +111,7 @@ class TrainStep:
                         step=torch.zeros((), dtype=torch.float32, device=p.device),
                         exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         self.buffers = (idx.clone(), mask.clone())
+        want, undo = self.reference(x_all, idx, mask)
         started = time.perf_counter()
         cpp = logging.getLogger("torch.utils.cpp_extension")  # on import, inductor's C++ build
         level = cpp.level  # warns "No CUDA runtime is found" on every CPU machine: not news here
@@ -128,7 +129,41 @@ class TrainStep:
             cpp.setLevel(level)
         self.compile_seconds = time.perf_counter() - started
         log.info("trainer.compile: captured the training step in %.1f s", self.compile_seconds)
+        got = out[0]
+        if bool(got.isfinite().all()) < bool(want.isfinite().all()) or not torch.allclose(
+                got[0], want[0], rtol=0.05):
+            log.warning("trainer.compile: the captured step's first loss (%.6g) is not eager's "
+                        "(%.6g) on the same batch: the compiled code is wrong here; training "
+                        "eager", float(got[0]), float(want[0]))
+            undo()
+            self.compiled = None
+            return self.eager(x_all[idx], mask)
         return out
+
+    def reference(self, x_all: Tensor, idx: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+        """Eager's sums on the first batch, to check the compiled step's against (a compiler's
+        wrong code: torch 2.14.1's AVX2 code for experiment=iwae_table1 gave NaN at step 1),
+        and a function that puts the model, the optimizer and the random streams back."""
+        cuda = x_all.device.type == "cuda"
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(x_all.device) if cuda else None
+        model = {k: v.clone() for k, v in self.loss.state_dict().items()}
+        opt = [{k: v.clone() for k, v in self.opt.state[p].items()}
+               for g in self.opt.param_groups for p in g["params"]]
+
+        def undo() -> None:
+            self.loss.load_state_dict(model)
+            for state, saved in zip((self.opt.state[p] for g in self.opt.param_groups
+                                     for p in g["params"]), opt, strict=True):
+                for k, v in saved.items():
+                    state[k].copy_(v)
+            torch.set_rng_state(rng[0])
+            if cuda:
+                torch.cuda.set_rng_state(rng[1], x_all.device)
+
+        with torch.no_grad():
+            want = self.loss(x_all[idx], mask)[1][0]
+        undo()
+        return want, undo
 
     def set_lr(self) -> None:
         """The schedule's learning rates, into the captured step's (after it moves them)."""
