@@ -131,8 +131,8 @@ def elbo_terms(vae: VAE, x: Tensor, objective: Objective, bce: bool = True,
             pixel_sse += squared.sum(0)
         terms = {"loss": loss, "elbo": log_px_z - kl, "log_px_z": log_px_z, "kl": kl,
                  "mse": squared.mean(-1), **lik.terms(out, x, p_x)}
-        if bce:  # torch's BCE refuses a NaN mean (a device assert on CUDA): it stays a NaN
-            m = mean.clamp(0, 1)  # here, for the loop's non-finite check to name
+        if bce:  # torch's BCE raises on a NaN mean (on CUDA: a device assert); here the
+            m = mean.clamp(0, 1)  # image's BCE is a NaN instead, for the non-finite check to name
             bce = F.binary_cross_entropy(m.nan_to_num(0.5), x.clamp(0, 1), reduction="none")
             terms["bce"] = torch.where(m.isnan().any(-1), torch.nan, bce.sum(-1))
     return {k: v if k == "loss" else v.detach() for k, v in terms.items()}
