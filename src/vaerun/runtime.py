@@ -6,6 +6,9 @@
   first moment of a weight whose gradient stays 0 shrinks by β1 a step into subnormals, on which
   a CPU multiply is many times slower. It is set before torch starts its thread pool, whose
   threads inherit it; torch has no getter for it, so it stays set.
+- torch's constant tables mapped (`map_torch_constants`), on the CPU only: its AVX-512 kernels
+  read constants with masked loads, and on AMD Zen 4 a masked load of a page never mapped yet
+  takes a microcode assist every time, which made torch.log1p ~10x slower.
 - `trainer.deterministic`: torch.use_deterministic_algorithms, with the cuBLAS workspace setting
   it needs made before the run's first CUDA work.
 """
@@ -13,8 +16,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -52,6 +58,28 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+@functools.cache
+def map_torch_constants() -> int:
+    """Read one byte of every page of libtorch_cpu's read-only data (64 MB, ~5 ms, once per
+    process), so that each is mapped; the bytes mapped (0 where there is no /proc: not Linux).
+
+    torch's AVX-512 kernels load constants with masked loads. A lane masked off is not read, so
+    a page whose constants no lane ever reads is never mapped; on AMD Zen 4 (EPYC 9004, Ryzen
+    7000) every masked load that touches a page not mapped takes a microcode assist, and that
+    made torch.log1p 9-10x slower (4M floats: 34 ms, 3.3 ms once mapped) and a Bernoulli
+    decoder's IWAE bound 1.8x slower (docs/performance.md). Measured on one such CPU; elsewhere
+    the pages are mapped for nothing."""
+    lib, page, done = Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so", \
+        os.sysconf("SC_PAGE_SIZE"), 0
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/maps") as f:
+        for w in (line.split(maxsplit=5) for line in f):
+            if len(w) == 6 and w[1] == "r--p" and w[5].strip() == str(lib):
+                lo, hi = (int(v, 16) for v in w[0].split("-"))
+                memoryview((ctypes.c_char * (hi - lo)).from_address(lo)).cast("B")[::page].tobytes()
+                done += hi - lo
+    return done
+
+
 @contextlib.contextmanager
 def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
@@ -63,6 +91,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     old_env = os.environ.get(CUBLAS)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
+        map_torch_constants()
     if count := threads(count):
         torch.set_num_threads(count)
     if deterministic:
