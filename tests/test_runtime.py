@@ -101,7 +101,7 @@ print(*before, *mapped())
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
 def test_a_cpu_run_maps_every_page_of_torchs_constants(tmp_path):
     """torch's AVX-512 kernels read constants with masked loads, which map no page where a lane
-    is masked off; on AMD Zen 4 each load of a page not mapped takes a microcode assist (log1p
+    is masked off; on an AMD Zen 4 each load of a page not mapped takes a slow path (log1p
     10x slower). A CPU run maps all of libtorch_cpu's read-only data first."""
     proc = subprocess.run([sys.executable, "-c", MAPPED, "train", *SMALL, "trainer.epochs=0",
                            "eval.iwae_k=0", "hydra.run.dir=run"], cwd=tmp_path,

@@ -8,7 +8,7 @@
   threads inherit it; torch has no getter for it, so it stays set.
 - torch's constant tables mapped (`map_torch_constants`), on the CPU only: its AVX-512 kernels
   read constants with masked loads, and on AMD Zen 4 a masked load of a page never mapped yet
-  takes a microcode assist every time, which made torch.log1p ~10x slower.
+  takes a slow path every time, which made torch.log1p ~10x slower.
 - `trainer.deterministic`: torch.use_deterministic_algorithms, with the cuBLAS workspace setting
   it needs made before the run's first CUDA work.
 """
@@ -64,11 +64,10 @@ def map_torch_constants() -> int:
     process), so that each is mapped; the bytes mapped (0 where there is no /proc: not Linux).
 
     torch's AVX-512 kernels load constants with masked loads. A lane masked off is not read, so
-    a page whose constants no lane ever reads is never mapped; on AMD Zen 4 (EPYC 9004, Ryzen
-    7000) every masked load that touches a page not mapped takes a microcode assist, and that
-    made torch.log1p 9-10x slower (4M floats: 34 ms, 3.3 ms once mapped) and a Bernoulli
-    decoder's IWAE bound 1.8x slower (docs/performance.md). Measured on one such CPU; elsewhere
-    the pages are mapped for nothing."""
+    a page whose constants no lane ever reads is never mapped; on this project's AMD EPYC (Zen
+    4) every masked load that touches a page not mapped takes a slow path, and that made
+    torch.log1p 9-10x slower (4M floats: 34 ms, 3.3 ms once mapped) and a Bernoulli decoder's
+    IWAE bound 1.6-1.8x slower (docs/performance.md). Other CPUs: not measured."""
     lib, page, done = Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so", \
         os.sysconf("SC_PAGE_SIZE"), 0
     with contextlib.suppress(OSError, ValueError), open("/proc/self/maps") as f:
