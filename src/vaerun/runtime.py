@@ -20,7 +20,6 @@ import ctypes
 import functools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -68,11 +67,10 @@ def map_torch_constants() -> int:
     4) every masked load that touches a page not mapped takes a slow path, and that made
     torch.log1p 9-10x slower (4M floats: 34 ms, 3.3 ms once mapped) and a Bernoulli decoder's
     IWAE bound 1.6-1.8x slower (docs/performance.md). Other CPUs: not measured."""
-    lib, page, done = Path(torch.__file__).resolve().parent / "lib" / "libtorch_cpu.so", \
-        os.sysconf("SC_PAGE_SIZE"), 0
+    page, done = os.sysconf("SC_PAGE_SIZE"), 0
     with contextlib.suppress(OSError, ValueError), open("/proc/self/maps") as f:
-        for w in (line.split(maxsplit=5) for line in f):
-            if len(w) == 6 and w[1] == "r--p" and w[5].strip() == str(lib):
+        for w in (line.split(maxsplit=5) for line in f):  # the library wherever torch loaded it
+            if len(w) == 6 and w[1] == "r--p" and w[5].rstrip("\n").endswith("/libtorch_cpu.so"):
                 lo, hi = (int(v, 16) for v in w[0].split("-"))
                 memoryview((ctypes.c_char * (hi - lo)).from_address(lo)).cast("B")[::page].tobytes()
                 done += hi - lo
