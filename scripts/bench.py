@@ -411,9 +411,11 @@ def main() -> int:
 
     # torch's constant pages as torch leaves them, then mapped as vaerun maps them: every loop of
     # this process runs mapped (they compare code); a bare process (d_) stays as torch leaves it
-    ew_unmapped = elementwise_ns(device) if a.device == "cpu" else {}
-    mapped_mb = map_torch_constants() / 1e6 if a.device == "cpu" else 0.0
-    ew_mapped = elementwise_ns(device) if a.device == "cpu" else {}
+    ew_unmapped, mapped_mb, ew_mapped = {}, 0.0, {}
+    if a.device == "cpu":
+        ew_unmapped = elementwise_ns(device)
+        mapped_mb = map_torch_constants() / 1e6
+        ew_mapped = elementwise_ns(device)
 
     tmp = Path(tempfile.mkdtemp(prefix="vaerun-bench-"))
     try:

@@ -2,7 +2,9 @@
 # The IWAE paper's number for a trained experiment=iwae_table1 run, with its Monte Carlo error:
 # the run evaluated at k = 5,000 with SEEDS evaluation seeds, each in a copy of its folder (an
 # evaluation writes its metrics into the folder it reads), then scripts/mc_error.py's table (the
-# mean and the standard error over the seeds). About 10 minutes a seed on 2 idle CPU cores.
+# mean and the standard error over the seeds). About 7 minutes a seed with THREADS=1 on this
+# project's 2-core machine (round 11: 6 min 58 s for seed 1; 12-13 minutes before vaerun mapped
+# torch's constant pages, docs/performance.md).
 # A seed the run itself was evaluated with at the end of training (its eval.seed, at the same k)
 # is read from its metrics.json instead of evaluated again.
 #
