@@ -90,6 +90,38 @@ def test_job_logging_from_a_yaml_is_refused(tmp_path, flag):
     assert victim.read_text() == "mine"
 
 
+EVIL = "import pathlib\npathlib.Path(__file__).with_name('imported').write_text('ran')\n"
+
+
+@pytest.mark.parametrize("where", ["command line", "record", "searchpath[1]"])
+def test_a_search_path_imports_no_module(finished, tmp_path, where):
+    """pkg:// and structured:// in hydra.searchpath make Hydra import a module (`python -m
+    vaerun` has the working directory on sys.path): only file:// folders are taken."""
+    (tmp_path / "vaerun_evil.py").write_text(EVIL)
+    line = "hydra.searchpath=[pkg://vaerun_evil]"
+    if where == "record":
+        run = copy_of(finished, tmp_path)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- {line}\n")
+        refused(["train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"],
+                tmp_path, "hydra.searchpath")
+    else:
+        if where != "command line":
+            line = f"hydra.searchpath=[file://{tmp_path},structured://vaerun_evil]"
+        refused(["train", *SMALL, line], tmp_path, "hydra.searchpath")
+    assert not (tmp_path / "imported").exists()
+
+
+def test_a_primary_yaml_of_yours_sets_no_search_path(tmp_path):
+    """Hydra reads hydra.searchpath from the primary config (-cd DIR -cn NAME) before vaerun
+    could check it: vaerun composes only its own primary config, so that one is never read."""
+    (tmp_path / "vaerun_evil.py").write_text(EVIL)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.yaml").write_text(
+        "defaults:\n  - train\n  - _self_\nhydra:\n  searchpath: [pkg://vaerun_evil]\n")
+    refused(["train", *SMALL, "-cd", str(tmp_path / "conf"), "-cn", "mine"], tmp_path, "mine")
+    assert not (tmp_path / "imported").exists()
+
+
 def test_a_symlink_into_a_system_folder_is_refused(tmp_path):
     (tmp_path / "link").symlink_to("/etc")
     refused(["train", *SMALL, f"hydra.run.dir={tmp_path / 'link' / 'vaerun'}"], tmp_path,

@@ -109,7 +109,13 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
 
 
 def allow(key: str, value: Any) -> None:
-    """Of Hydra's own keys, the user may set only YOURS (the launcher's, but not its targets)."""
+    """Of Hydra's own keys, the user may set only YOURS (the launcher's, but not its targets;
+    a search path of folders only: pkg:// and structured:// import a module)."""
+    if key.startswith("hydra.searchpath") and not all(
+            isinstance(v, str) and v.startswith("file://") for v in (
+                value if isinstance(value, list) else [] if value is None else [value])):
+        raise ConfigError(key, value, "a search path is folders, each file://PATH (pkg:// and "
+                          "structured:// import a module; -cd DIR adds a folder)")
     if not key.startswith("hydra") or key == "hydra/launcher" or any(
             key == k or key.startswith((k + ".", k + "[")) for k in YOURS) and "._" not in key:
         return
@@ -153,7 +159,7 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
             raise UserError(f"{o}: {one_line(e)}: quote values with spaces, '=', or characters "
                             "beyond ASCII, e.g. 'hydra.run.dir=\"outputs/runs/σ=1\"'") from None
         if users:
-            allow(key, value)
+            allow(key, p.value() if key.startswith("hydra.searchpath") else value)
             refuse_resolver(key, value)
         if p.is_sweep_override() and not (multirun and p.is_discrete_sweep()):
             raise UserError(f"{o} holds several values, a sweep: run it with -m, listing the "
