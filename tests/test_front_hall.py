@@ -69,6 +69,36 @@ def test_a_tampered_record_cannot_set_hydras_keys_on_a_plain_resume(finished, tm
     assert victim.read_text() == "mine"
 
 
+@pytest.mark.parametrize("name, how", [(".hydra/hydra.yaml", "symlink"), ("train.log", "symlink"),
+                                       ("train.log", "hard link"), ("images", "symlink")])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_tampered_run_writes_through_no_link(finished, tmp_path, name, how, command):
+    """Hydra rewrites .hydra/*.yaml and appends to train.log where they are, and a folder
+    linked elsewhere takes vaerun's files: a link in a run folder is refused before anything
+    is written, on a plain resume and on eval."""
+    run, victim = copy_of(finished, tmp_path), tmp_path / "victim"
+    if name == "images":
+        victim.mkdir()
+        (victim / "mine.txt").write_text("mine")
+    else:
+        victim.write_text("mine")
+    target = run / name
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(victim) if how == "symlink" else os.link(victim, target)
+    args = ["train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"] \
+        if command == "train" else ["eval", f"run_dir={run}", "eval.iwae_k=5"]
+    refused(args, tmp_path, "is a link")
+    if name == "images":
+        assert [p.name for p in victim.iterdir()] == ["mine.txt"]
+    else:
+        assert victim.read_text() == "mine"
+
+
 def test_job_logging_from_the_command_line_is_refused(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")

@@ -196,6 +196,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
                      (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
         if bad:
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
+    rd.check_links("run_dir")
     values = {p.key_or_group: p.value() for p in gate.parse(list(overrides), False)}
     with (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
             rd.locked("eval"):

@@ -149,6 +149,7 @@ def report(rd: RunDir) -> list[Path]:
     if rd.kind() not in ("sweep", "run"):
         raise UserError(f"sweep_dir={where} is not a folder vaerun made (no .vaerun marker), and a "
                         "report writes only into vaerun's own; give the sweep's folder itself")
+    rd.check_links("sweep_dir")
     keys = varying_keys([r for r in runs if not r.problem])
     finished = [r for r in runs if r.status == "finished"]
     groups = group_runs(finished, keys)

@@ -27,6 +27,8 @@ from vaerun.errors import ConfigError, Refused, UserError
 SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin",
           "/sys", "/usr", "/var")  # no run is written into these, or below them
 TEMP = ".vaerun-"  # temporaries are .NAME.vaerun-XXXX.tmp: a pattern of vaerun's own
+IN_PLACE = ("config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml", "train.log")  # Hydra
+# opens these where they are (to rewrite or append), the rest is written by rename
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
         "status", "config")  # what every checkpoint holds
 
@@ -130,11 +132,24 @@ class RunDir:
                  f"marker); a {kind} directory is new, empty or vaerun's own: choose another")):
             if bad:
                 raise ConfigError(key, self.given, why)
+        if names:
+            self.check_links(key)
         while not top.exists():
             top = top.parent
         if not os.access(top, os.W_OK):
             raise ConfigError(key, self.given, f"{top} is not writable (read-only, or not yours); "
                               "choose another folder")
+
+    def check_links(self, key: str) -> None:
+        """Refuse a folder that holds a symbolic link, or a file Hydra writes in place with a
+        second name (a hard link): vaerun makes neither, and writing through one would change a
+        file outside the folder (a tampered run's `.hydra/hydra.yaml` -> ~/.bashrc)."""
+        for top, dirs, files in os.walk(self.path):  # links are listed, never entered
+            for name in dirs + files:
+                p = Path(top, name)
+                if p.is_symlink() or (name in IN_PLACE and p.stat().st_nlink > 1):
+                    raise ConfigError(key, self.given, f"{p} is a link; vaerun makes none in its "
+                                      "folders and writes through none: remove it")
 
     def write(self, name: str, data: bytes) -> Path:
         return write_atomic(self.file(name), data)
