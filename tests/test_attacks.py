@@ -72,6 +72,9 @@ def test_a_folder_of_the_users_files_is_refused_and_left_as_it_was(tmp_path):
     ("optimizer.lr=1e-39", "optimizer.lr"),
     ("+hydra.job_logging.handlers.h.class=logging.config.fileConfig", "logging"),
     ("hydra.launcher._target_=os.system", "hydra.launcher._target_"),
+    ("hydra.run.dir=", "give a folder"),  # realpath(""): the working directory
+    ("dataset=null", "dataset=None is not an option"),
+    ("hydra/launcher=null", "hydra/launcher=None is not an option"),
 ])
 def test_bad_places_resolvers_and_bounds_are_one_line(tmp_path, override, says):
     args = ["train", *SMALL, "likelihood=gaussian", override]
@@ -79,7 +82,7 @@ def test_bad_places_resolvers_and_bounds_are_one_line(tmp_path, override, says):
         args.insert(1, "-m")
     line = one_line(run_process(args, cwd=tmp_path))
     assert says in line, line
-    assert not (tmp_path / "outputs").exists() and not (tmp_path.parent / "escaped").exists()
+    assert not any(tmp_path.iterdir()) and not (tmp_path.parent / "escaped").exists()
 
 
 def test_a_run_directory_that_is_a_file_is_one_line(tmp_path):

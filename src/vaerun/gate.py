@@ -206,7 +206,7 @@ def compose(name: str, job: list[str], loader: Any) -> DictConfig:
 
     try:
         return hydra_compose(name, job, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: group=null
         raise ConfigError(*diagnose(name, job, loader, e)) from None
 
 
@@ -235,7 +235,7 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
         for p in parsed:
             key, group = p.key_or_group, p.key_or_group.split(".")[0]
             if p.is_delete() or p.is_add() or p.is_force_add() or key in groups or \
-                    any(k == key or k.startswith(key + ".") for k in keys):
+                    key.startswith("hydra.") or any(k == key or k.startswith(key + ".") for k in keys):
                 continue
             hint = did_you_mean(key, keys)
             opts = loader.get_group_options(group) if group in groups and not hint else []
@@ -326,6 +326,9 @@ def place(out: Plan, composed: list[DictConfig]) -> Plan:
             where = str(mine.dir)
         except Exception as e:  # noqa: BLE001 (OmegaConf's resolution errors)
             raise ConfigError(key, OmegaConf.to_container(mine)["dir"], one_line(e)) from None
+    if not where.strip():  # realpath("") is the working directory
+        raise ConfigError(key, where, "give a folder, e.g. outputs/" + (
+            "runs/NAME" if what == "run" else "multirun/NAME"))
     top = RunDir(where)
     top.check_place(key, what)
     out.argv = [a for a in out.argv if not a.startswith(key + "=")] + [
