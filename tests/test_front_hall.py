@@ -240,6 +240,10 @@ def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
         vaerun.train(["trainer.epoch=3"])
     with pytest.raises(vaerun.ConfigError, match="hydra.job.env_set"):
         vaerun.compose(["+hydra.job.env_set.X=1"])
+    for call in (lambda: vaerun.train("likelihood=gaussian"),  # a string, not a list of them
+                 lambda: vaerun.compose(["-m", "trainer.seed=1,2"])):
+        with pytest.raises(vaerun.UserError, match="a list of strings|one run"):
+            call()
     assert list(tmp_path.iterdir()) == []
 
 

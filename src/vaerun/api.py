@@ -56,10 +56,21 @@ def kept() -> Iterator[None]:
         Singleton.set_state(state)
 
 
+def one_run(overrides: Sequence[str]) -> list[str]:
+    """The overrides of one run, as a list of strings (a UserError otherwise)."""
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"overrides={overrides!r}: give a list of strings, e.g. "
+                        "['likelihood=gaussian', 'likelihood.sigma=0.1']")
+    if {"-m", "--multirun"} & set(overrides):
+        raise UserError("vaerun.train and vaerun.compose take one run: call them for each point "
+                        "of a sweep")
+    return list(overrides)
+
+
 def compose(overrides: Sequence[str] = ()) -> Any:
     """The typed, checked config (vaerun.config.RunConfig) that `vaerun train OVERRIDES` runs."""
     with kept():
-        return gate.plan([*overrides, "--cfg", "job"]).configs[0]
+        return gate.plan([*one_run(overrides), "--cfg", "job"]).configs[0]
 
 
 def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = None
@@ -68,11 +79,9 @@ def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = Non
     Raises UserError for bad input, RunFailed if it fails, Interrupted on a stop signal."""
     from vaerun.signals import StopRequests
 
-    if {"-m", "--multirun"} & set(overrides):
-        raise UserError("vaerun.train trains one run: call it for each point of a sweep")
     where = [f"hydra.run.dir={gate.hydra_quoted(os.fspath(run_dir))}"] if run_dir else []
     with StopRequests() as stop:
-        (done,) = run_train([*overrides, *where], stop)
+        (done,) = run_train([*one_run(overrides), *where], stop)
     if isinstance(done.error, BaseException):
         raise done.error
     return RunDir(done.folder).metrics()
@@ -197,7 +206,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
         if bad:
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
     rd.check_links("run_dir")
-    values = {p.key_or_group: p.value() for p in gate.parse(list(overrides), False)}
+    values = {p.key_or_group: p.value() for p in gate.parse(one_run(overrides), False)}
     with (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
