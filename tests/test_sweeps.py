@@ -78,17 +78,24 @@ def test_the_report_reads_files_and_builds_no_model(vaerun, tmp_path):
     assert len(kl["measured"]) == 20 and len(kl["ppca"]) == 20
 
 
-def test_a_label_with_dollar_signs_is_drawn_as_text(vaerun, tmp_path):
+def test_odd_records_are_drawn_as_text_or_left_out(vaerun, tmp_path):
     """A run's recorded value is a label in the figures: two `$` in it are text, not TeX that
-    matplotlib fails to parse (it stopped the whole report with a traceback)."""
+    matplotlib fails to parse; a metric recorded as a list or a table is left out. Either had
+    stopped the whole report with a traceback."""
     sweep = tmp_path / "sweep"
     assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,1", *TINY,
                   "eval.iwae_k=0", f"hydra.sweep.dir={sweep}") == 0
     record = next(sweep.glob("1_*")) / ".hydra" / "overrides.yaml"
     record.write_text(record.read_text().replace("sigma=1", "sigma=$\\foo$_^"))
+    first = next(sweep.glob("0_*"))
+    m = metrics(first)
+    (first / "metrics.json").write_text(json.dumps({**m, "test/kl": [1, 2], "test/mse": {"a": 1}}))
     assert vaerun("report", f"sweep_dir={sweep}") == 0
     assert (sweep / "rate_distortion.png").stat().st_size > 1000
     assert "$\\foo$_^" in (sweep / "report.md").read_text()
+    table = {r["likelihood.sigma"]: r for r in rows(sweep / "report.csv")}
+    assert table["0.1"]["test/kl_mean"] in ("", "nan") and float(table["0.1"]["test/elbo_mean"]) \
+        == pytest.approx(m["test/elbo"], rel=1e-12)
 
 
 def test_report_bad_input(tmp_path):

@@ -167,9 +167,9 @@ def bits_per_dim(groups: list[Group]) -> bytes:
     elbo = [e[0] for _, _, e in rows]
     iwae = [b[0] for _, b, _ in rows]
     ax.barh(y, elbo, color="none", edgecolor="grey", label="from the ELBO (−elbo)")
+    k = rows[0][0].first("test/iwae_k") if rows else None
     ax.barh(y, iwae, xerr=[0 if math.isnan(b[1]) else b[1] for _, b, _ in rows], color="C0",
-            alpha=0.8, capsize=2, label=f"from IWAE (k = {rows[0][0].first('test/iwae_k'):g})"
-            if rows else "from IWAE")
+            alpha=0.8, capsize=2, label=f"from IWAE (k = {k:g})" if k is not None else "from IWAE")
     ax.set_yticks(y, [f"{g.label}\n({DATA_NAMES.get(g.first('bits_per_dim_data'), '?')})"
                       for g, _, _ in rows], fontsize=7)
     for yi, v in zip(y, iwae, strict=True):

@@ -92,10 +92,13 @@ def as_float(v: Any) -> Any:
 
 
 def _metrics(rd: RunDir) -> tuple[dict[str, Any], str]:
+    """A run's metrics.json as the report reads it: numbers, and strings but for a metric's value
+    (test/*, train/*); anything else (a list, a table, null) is left out, as if not recorded."""
     if not rd.file(rd.METRICS).exists():
         return {"status": "not started"}, ""
     try:
-        return {k: as_float(v) for k, v in rd.metrics().items()}, ""
+        return {k: as_float(v) for k, v in rd.metrics().items() if is_number(v) or (
+            isinstance(v, str) and not k.startswith(("test/", "train/")))}, ""
     except UserError as e:
         return {}, f"metrics.json is unreadable: {str(e).split(': ', 1)[-1].split(';')[0]}"
 
