@@ -4,6 +4,7 @@ user's files as they were."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -207,3 +208,18 @@ def test_overrides_on_both_sides_of_dash_m_make_one_sweep(tmp_path):
     assert "usage" not in proc.stderr.lower() and "Traceback" not in proc.stderr
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_trainer.seed=1",
                                                                      "1_trainer.seed=2"]
+
+
+@pytest.mark.parametrize("steps", [[1, 2], 5, {"test/elbo": "a"}])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_record_with_odd_steps_is_one_line_before_anything_is_written(tmp_path, trained, steps,
+                                                                        command):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    record = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**record, "steps": steps}))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["eval", f"run_dir={run}", "eval.iwae_k=2"] if command == "eval" else [
+        "train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"]
+    assert "steps are not a table" in one_line(run_process(args, cwd=tmp_path))
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

@@ -339,7 +339,8 @@ def place(out: Plan, composed: list[DictConfig]) -> Plan:
         rd.check_place(f"{key} (job {i})" if out.sweep else key, "run")
         new = not rd.path.exists() or not any(rd.path.iterdir())
         rd.check_free()
-        resume_state(rc, rd)
+        if resume_state(rc, rd) is not None:
+            rd.metrics()  # its record, read back on resume: refused here, before Hydra writes
         out.jobs.append(Job(rc, rd, new))
     return out
 

@@ -168,7 +168,11 @@ class RunDir:
             metrics, what = None, "a directory"
         except (OSError, ValueError, UnicodeDecodeError) as e:
             metrics, what = None, f"no readable JSON ({type(e).__name__})"
-        if not isinstance(metrics, dict):
+        steps = metrics.get("steps", {}) if isinstance(metrics, dict) else None
+        if isinstance(metrics, dict) and not (isinstance(steps, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in steps.values())):
+            what = "a record whose steps are not a table of step numbers"
+        if what or not isinstance(metrics, dict):
             raise UserError(f"{self.file(self.METRICS)} is not vaerun's record of a run: it is "
                             f"{what or 'a ' + type(metrics).__name__}; move it away (vaerun "
                             "writes it anew on the next train with trainer.resume=true or eval)")
