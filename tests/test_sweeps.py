@@ -80,8 +80,8 @@ def test_the_report_reads_files_and_builds_no_model(vaerun, tmp_path):
 
 def test_odd_records_are_drawn_as_text_or_left_out(vaerun, tmp_path):
     """A run's recorded value is a label in the figures: two `$` in it are text, not TeX that
-    matplotlib fails to parse; a metric recorded as a list or a table is left out. Either had
-    stopped the whole report with a traceback."""
+    matplotlib fails to parse; a metric recorded as a list or a table, and a kl_per_dim.json of
+    no numbers, are left out. Each had stopped the whole report with a traceback."""
     sweep = tmp_path / "sweep"
     assert vaerun("train", "-m", "likelihood=gaussian", "likelihood.sigma=0.1,1", *TINY,
                   "eval.iwae_k=0", f"hydra.sweep.dir={sweep}") == 0
@@ -90,6 +90,7 @@ def test_odd_records_are_drawn_as_text_or_left_out(vaerun, tmp_path):
     first = next(sweep.glob("0_*"))
     m = metrics(first)
     (first / "metrics.json").write_text(json.dumps({**m, "test/kl": [1, 2], "test/mse": {"a": 1}}))
+    (record.parent.parent / "kl_per_dim.json").write_text('{"measured": [null, 1e999]}')
     assert vaerun("report", f"sweep_dir={sweep}") == 0
     assert (sweep / "rate_distortion.png").stat().st_size > 1000
     assert "$\\foo$_^" in (sweep / "report.md").read_text()

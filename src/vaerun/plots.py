@@ -8,6 +8,7 @@ import math
 import statistics
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as mticker  # noqa: E402
 
 from vaerun.rundir import read_json  # noqa: E402
-from vaerun.sweeps import Group, number, swept_numeric_key  # noqa: E402
+from vaerun.sweeps import Group, is_number, number, swept_numeric_key  # noqa: E402
 
 SWEEP_METRICS = ["test/elbo", "test/kl", "test/active_units", "test/mse", "test/sigma_optimal",
                  "test/nll_iwae", "test/bits_per_dim"]
@@ -252,6 +253,12 @@ def samples(groups: list[Group]) -> bytes:
     return png(fig)
 
 
+def _floats(v: Any) -> list[float] | None:
+    """A record's list of finite numbers, else None (a record that is not one is not drawn)."""
+    ok = isinstance(v, list) and all(is_number(x) and math.isfinite(x) for x in v)
+    return [float(x) for x in v] if ok else None
+
+
 def kl_per_dim(groups: list[Group]) -> bytes:
     """For runs with a pPCA reference: each latent dimension's KL (sorted), measured on the
     test set, against pPCA's ½·log(λ_i/σ²) for λ_i > σ², both read from the run's
@@ -268,15 +275,15 @@ def kl_per_dim(groups: list[Group]) -> bytes:
             kl = read_json(path) if path else None
         except (OSError, ValueError):
             kl = None
-        if not isinstance(kl, dict) or not kl.get("measured"):
+        measured, ppca = (_floats(kl.get(k)) if isinstance(kl, dict) else None
+                          for k in ("measured", "ppca"))
+        if not measured:
             ax.text(0.02, 0.5, "no kl_per_dim.json in its runs", fontsize=6, va="center",
                     transform=ax.transAxes, wrap=True)
             continue
-        measured = sorted(kl["measured"], reverse=True)
-        dims = range(len(measured))
-        ax.bar(dims, measured, color="C0", label="measured")
-        if kl.get("ppca"):
-            ax.plot(range(len(kl["ppca"])), kl["ppca"], "k--", lw=1, label="pPCA: ½ log(λ/σ²)")
+        ax.bar(range(len(measured)), sorted(measured, reverse=True), color="C0", label="measured")
+        if ppca:
+            ax.plot(range(len(ppca)), ppca, "k--", lw=1, label="pPCA: ½ log(λ/σ²)")
         ax.set_title("\n".join(textwrap.wrap(g.label, 36)), fontsize=8)
         ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
