@@ -223,3 +223,27 @@ def test_a_record_with_odd_steps_is_one_line_before_anything_is_written(tmp_path
         "train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"]
     assert "steps are not a table" in one_line(run_process(args, cwd=tmp_path))
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("key, value", [("epoch", "x"), ("step", None), ("seed", 2**70),
+                                        ("wall_seconds", "x"), ("perm", "zeros")])
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_checkpoint_with_odd_progress_is_one_line(tmp_path, trained, key, value, command):
+    """Each field of a checkpoint is user input too: a wrong type, a negative or huge count, a
+    data order that is no order of the training images is one line (each was a traceback)."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["perm"] = torch.randperm(512)  # as written in the middle of an epoch
+    state[key] = torch.zeros(512, dtype=torch.long) if value == "zeros" else value
+    torch.save(state, path)
+    args = ["eval", f"run_dir={run}", "eval.iwae_k=2"] if command == "eval" else [
+        "train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"]
+    proc = run_process(args, cwd=tmp_path)
+    if command == "eval" and key == "perm":  # evaluation reads no data order
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert key in one_line(proc) or "data order" in one_line(proc)

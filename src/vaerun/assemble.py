@@ -172,6 +172,9 @@ class Session:
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         perm = None if state["perm"] is None else state["perm"].to(self.device)
+        n = len(self.data.train)
+        if perm is not None and not torch.equal(perm.sort().values, torch.arange(n, device=perm.device)):
+            raise ValueError(f"its data order is no order of the {n} training images")
         self.progress = Progress(state["epoch"], state["step"], state["batch"], perm,
                                  state["seconds"])
         self.seed, self.status = state["seed"], state["status"]

@@ -31,6 +31,7 @@ IN_PLACE = ("config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml", "tra
 # opens these where they are (to rewrite or append), the rest is written by rename
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
         "status", "config")  # what every checkpoint holds
+COUNTS = ("epoch", "step", "batch", "seconds", "seed", "wall_seconds")  # numbers >= 0 (if there)
 
 
 class _NoAliases(yaml.SafeLoader):
@@ -224,9 +225,18 @@ class RunDir:
         except Exception as e:  # noqa: BLE001 (an unpickling refusal, a torn file, ...)
             raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); {fix}") from None
         missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else ["all"]
-        if missing or not isinstance(state["config"], dict):
+        wrong = [] if missing else [k for k in COUNTS if k in state and not (
+            isinstance(state[k], (int, float)) and not isinstance(state[k], bool)
+            and 0 <= state[k] < 2**63 and (k in ("seconds", "wall_seconds") or isinstance(
+                state[k], int)))] + [
+            k for k, ok in (("config", isinstance(state["config"], dict)),
+                            ("status", isinstance(state["status"], str)),
+                            ("perm", state["perm"] is None or isinstance(state["perm"], torch.Tensor)
+                             and state["perm"].dim() == 1 and not state["perm"].is_floating_point()))
+            if not ok]
+        if missing or wrong:
             raise UserError(f"checkpoint {path} is not a vaerun checkpoint (it lacks "
-                            f"{', '.join(missing) or 'a config'}); {fix}")
+                            f"{', '.join(missing) or 'a valid ' + ', '.join(wrong)}); {fix}")
         return state
 
     def fits(self, apply: Callable[[], Any]) -> None:
