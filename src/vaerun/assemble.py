@@ -188,11 +188,7 @@ class Session:
 
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two configs, except those a resume may change."""
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        return {k2: v2 for k, v in d.items() for k2, v2 in (
-            flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
-
-    a, b, free = flat(saved), flat(current), set(config.free_keys(resume=True))
+    a, b, free = config.flat(saved), config.flat(current), set(config.free_keys(resume=True))
     a.setdefault("scheduler.name", "none")  # runs saved before schedules existed
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in free]
 

@@ -58,20 +58,24 @@ def require_at_least(key: str, value: Any, low: int) -> None:
     require(ok, key, value, f"must be an integer >= {low}")
 
 
-def bounded(node: Any, path: str = "") -> None:
+def flat(node: Any, path: str = "") -> dict[str, Any]:
+    """Every leaf of nested dicts and lists by its path (`model.hidden[0]`), under `path`."""
+    if isinstance(node, (dict, list)):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        sub = ("{}.{}" if path else "{1}") if isinstance(node, dict) else "{}[{}]"
+        return {k: v for key, val in items for k, v in flat(val, sub.format(path, key)).items()}
+    return {path: node}
+
+
+def bounded(node: Any) -> None:
     """Every number of a config within what torch computes with: floats finite and in float32's
     range, integers in int64's."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            bounded(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            bounded(v, f"{path}[{i}]")
-    elif isinstance(node, float):
-        require(math.isfinite(node) and abs(node) <= FLOAT32_MAX, path, node,
-                f"must be a finite number of at most {FLOAT32_MAX:.4g} in size (float32's range)")
-    elif is_number(node):
-        require(abs(node) <= MAX_INT, path, node, f"must be an integer of at most {MAX_INT}")
+    for path, v in flat(node).items():
+        if isinstance(v, float):
+            require(math.isfinite(v) and abs(v) <= FLOAT32_MAX, path, v, "must be a finite "
+                    f"number of at most {FLOAT32_MAX:.4g} in size (float32's range)")
+        elif is_number(v):
+            require(abs(v) <= MAX_INT, path, v, f"must be an integer of at most {MAX_INT}")
 
 
 class Registered:

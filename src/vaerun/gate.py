@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaerun.config import did_you_mean, free_keys
+from vaerun.config import did_you_mean, flat, free_keys
 from vaerun.errors import ConfigError, UserError
 from vaerun.rundir import RunDir
 
@@ -175,14 +175,6 @@ def one_line(e: BaseException) -> str:
     return " ".join(lines).split(" Config search path:")[0] or type(e).__name__
 
 
-def flat(node: Any, path: str) -> dict[str, Any]:
-    if isinstance(node, (dict, list)):
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        sub = "{}.{}" if isinstance(node, dict) else "{}[{}]"
-        return {k: v for key, val in items for k, v in flat(val, sub.format(path, key)).items()}
-    return {path: node}
-
-
 @contextlib.contextmanager
 def composer():
     """Hydra's Compose API on vaerun's configs; its config loader (for group options)."""
@@ -230,8 +222,8 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
                                    f"{value if value in opts else '...'}?); {close[0]} options: "
                                    f"{', '.join(opts)}")
     with contextlib.suppress(Exception):
-        keys = [k[2:] for k in flat(OmegaConf.to_container(hydra_compose(name, [
-            o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups])), "x")]
+        keys = list(flat(OmegaConf.to_container(hydra_compose(name, [
+            o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups]))))
         for p in parsed:
             key, group = p.key_or_group, p.key_or_group.split(".")[0]
             if p.is_delete() or p.is_add() or p.is_force_add() or key in groups or \
@@ -257,11 +249,11 @@ def check_job(cfg: DictConfig, base: dict[str, Any] | None) -> DictConfig:
             refuse_resolver(key, mine.get(key))
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra")
-    for key, value in flat(raw, "").items():
-        if key.endswith("._target_") and key != ".optimizer._target_":
-            raise ConfigError(key[1:], value, "vaerun instantiates nothing from a config but "
+    for key, value in flat(raw).items():
+        if key.rsplit(".", 1)[-1] == "_target_" and key != "optimizer._target_":
+            raise ConfigError(key, value, "vaerun instantiates nothing from a config but "
                               "torch.optim optimizers (optimizer._target_); remove it")
-        refuse_resolver(key[1:], value)
+        refuse_resolver(key, value)
     return OmegaConf.create(raw)
 
 
