@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,27 @@ def test_a_tampered_run_writes_through_no_link(finished, tmp_path, name, how, co
         assert [p.name for p in victim.iterdir()] == ["mine.txt"]
     else:
         assert victim.read_text() == "mine"
+
+
+def test_a_run_folder_is_locked_before_hydra_writes_into_it(tmp_path):
+    """Two commands started together on one folder: the second was refused only once the first
+    trained, after its Hydra had rewritten the first's .hydra/overrides.yaml. The lock is now
+    taken as the command accepts the folder, before Hydra makes `.hydra/`."""
+    from vaerun.rundir import RunDir
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vaerun", "train", *SMALL,
+                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not (run / ".hydra").exists():  # the event: Hydra's first write
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.001)
+        with pytest.raises(vaerun.Refused, match=f"in use by vaerun train \\(pid {proc.pid}\\)"):
+            RunDir(run).check_free()
+    finally:
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
 
 
 def test_job_logging_from_the_command_line_is_refused(tmp_path):

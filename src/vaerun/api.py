@@ -93,11 +93,16 @@ def run_train(args: Sequence[str], stop: Any) -> list[Outcome]:
 
     with kept():
         plan = gate.plan(list(args))
-        if plan.jobs:  # accepted: its folder made now, as vaerun's (a sweep's jobs: by each)
-            (plan.sweep or plan.jobs[0].folder).mark("sweep" if plan.sweep else "run")
-        task, sys.argv = TrainTask(plan, stop), ["vaerun train", *plan.argv]
-        hydra.main(config_path=f"pkg://{gate.CONFIG_MODULE}", config_name=gate.CONFIG_NAME,
-                   version_base="1.3")(task)()
+        top = plan.sweep or (plan.jobs[0].folder if plan.jobs else None)
+        # accepted: its folder locked (before Hydra writes into it: a second command started
+        # with it is refused here) and made vaerun's; a sweep's jobs are locked by each
+        with top.locked("train") if top else contextlib.nullcontext():
+            if top:
+                top.mark("sweep" if plan.sweep else "run")
+                top.claim()
+            task, sys.argv = TrainTask(plan, stop), ["vaerun train", *plan.argv]
+            hydra.main(config_path=f"pkg://{gate.CONFIG_MODULE}", config_name=gate.CONFIG_NAME,
+                       version_base="1.3")(task)()
     return [task.done.get(j.folder.path) or recorded(i, j.folder) for i, j in enumerate(plan.jobs)]
 
 
@@ -182,8 +187,10 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
             for h in logging.getLogger().handlers:
                 if isinstance(h, logging.FileHandler):
                     h.handle(record)
-        if job and job.new and not rd.file(rd.CHECKPOINT).exists() and rd.kind() == "run":
-            shutil.rmtree(rd.path, ignore_errors=True)  # a refused new run leaves no folder
+        if job and job.new and rd.kind() == "run":  # a refused new run leaves no folder, but
+            with contextlib.suppress(Refused), rd.locked("remove"):  # one another command holds
+                if not rd.file(rd.CHECKPOINT).exists():  # (started at the same time) it keeps
+                    shutil.rmtree(rd.path, ignore_errors=True)
         return Outcome(rd.path, e.exit_code, e)
 
 

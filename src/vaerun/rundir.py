@@ -31,6 +31,7 @@ IN_PLACE = ("config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml", "tra
 # opens these where they are (to rewrite or append), the rest is written by rename
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
         "status", "config")  # what every checkpoint holds
+HELD: set[Path] = set()  # the folders whose lock this process holds
 COUNTS = ("epoch", "step", "batch", "seconds", "seed", "wall_seconds")  # numbers >= 0 (if there)
 
 
@@ -258,7 +259,18 @@ class RunDir:
 
     @contextlib.contextmanager
     def locked(self, command: str) -> Iterator[RunDir]:
-        """The folder's lock (flock on the folder) for the block; `claim()` names the holder."""
+        """The folder's lock (flock on the folder) for the block; `claim()` names the holder.
+        Within a block of this process's own (the command holds it from its check on, then the
+        run), the lock is held already."""
+        self.command = command
+        if self.path in HELD:
+            try:
+                yield self
+            finally:
+                if self.claimed:
+                    self.file(self.LOCK).unlink(missing_ok=True)
+                self.claimed = False
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -272,10 +284,11 @@ class RunDir:
                 holder = f"vaerun {other} (pid {pid})"
             raise Refused(f"{self.path} is in use by {holder}; wait for it to end (or stop it), "
                           "then run this again") from None
-        self.command = command
+        HELD.add(self.path)
         try:
             yield self
         finally:
+            HELD.discard(self.path)
             if self.claimed:
                 self.file(self.LOCK).unlink(missing_ok=True)
             self.claimed = False
