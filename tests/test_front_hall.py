@@ -121,6 +121,25 @@ def test_a_run_folder_is_locked_before_hydra_writes_into_it(tmp_path):
     assert proc.returncode == 0, err
 
 
+def test_the_links_submitit_leaves_in_a_sweep_do_not_refuse_its_resume(tmp_path):
+    """submitit's SLURM executor keeps each job's submission file as a link in its folder,
+    `.submitit/` of the sweep (Hydra's default): a sweep it ran still resumes; `.submitit`
+    itself a link is refused."""
+    from vaerun.rundir import RunDir
+
+    sweep = RunDir(tmp_path / "sweep")
+    sweep.mark("sweep")
+    job = sweep.path / ".submitit" / "123"
+    job.mkdir(parents=True)
+    (job / "123_submission.sh").write_text("#!/bin/bash\n")
+    (sweep.path / ".submitit" / ".submission_file_ab12.sh").symlink_to(job / "123_submission.sh")
+    sweep.check_place("hydra.sweep.dir", "sweep")
+    (sweep.path / ".submitit").rename(tmp_path / "elsewhere")
+    (sweep.path / ".submitit").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(vaerun.ConfigError, match="is a link"):
+        sweep.check_place("hydra.sweep.dir", "sweep")
+
+
 def test_job_logging_from_the_command_line_is_refused(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")

@@ -152,6 +152,7 @@ class RunDir:
                 if p.is_symlink() or (name in IN_PLACE and p.stat().st_nlink > 1):
                     raise ConfigError(key, self.given, f"{p} is a link; vaerun makes none in its "
                                       "folders and writes through none: remove it")
+            dirs[:] = [d for d in dirs if d != ".submitit"]  # submitit's own, with its links
 
     def write(self, name: str, data: bytes) -> Path:
         return write_atomic(self.file(name), data)
