@@ -98,6 +98,14 @@ def test_a_two_job_sweep_through_slurm_finishes_as_local_runs(cluster, tmp_path)
         assert m["status"] == "finished"
         same(m, reference(tmp_path, [f"likelihood.sigma={sigma}", "dataset.n_train=5000",
                                      "trainer.epochs=1"]))
+    # resumed as the README says (submitit left its submission files as links in .submitit/)
+    assert any(p.is_symlink() for p in (tmp_path / "sweep" / ".submitit").iterdir())
+    proc = sweep(tmp_path, "likelihood.sigma=0.1,1", "dataset.n_train=5000", "trainer.epochs=1",
+                 "trainer.resume=true")
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert all("already finished" in (job_dir(tmp_path, n) / "train.log").read_text()
+               for n in (0, 1))
 
 
 def test_requeued_and_preempted_jobs_resume_to_the_same_metrics(cluster, tmp_path):
