@@ -171,7 +171,7 @@ class RunDir:
             metrics, what = None, "a directory"
         except (OSError, ValueError, UnicodeDecodeError) as e:
             metrics, what = None, f"no readable JSON ({type(e).__name__})"
-        steps = metrics.get("steps", {}) if isinstance(metrics, dict) else None
+        steps = (metrics.get("steps") or {}) if isinstance(metrics, dict) else None
         if isinstance(metrics, dict) and not (isinstance(steps, dict) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in steps.values())):
             what = "a record whose steps are not a table of step numbers"
