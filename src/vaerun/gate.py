@@ -162,8 +162,8 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
             allow(key, p.value() if key.startswith("hydra.searchpath") else value)
             refuse_resolver(key, value)
         if p.is_sweep_override() and not (multirun and p.is_discrete_sweep()):
-            raise UserError(f"{o} holds several values, a sweep: run it with -m, listing the "
-                            "values (key=1,2,3)" if not multirun else
+            raise UserError(f"{o} holds several values, a sweep: vaerun train -m runs one, "
+                            "listing the values (key=1,2,3)" if not multirun else
                             f"{o}: a range or interval sweep needs a sweeper; list the values")
         out.append(p)
     return out
