@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vaerun.config import free_keys
+from vaerun.config import free_keys, is_number
 from vaerun.errors import UserError
 from vaerun.rundir import RunDir
 
@@ -56,10 +56,6 @@ class Group:
     def first(self, key: str) -> Any:
         """The first value of a metrics.json entry among the runs (e.g. a string field)."""
         return next((r.metrics[key] for r in self.runs if key in r.metrics), None)
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def number(v: str | None) -> float | None:
