@@ -32,7 +32,8 @@ IN_PLACE = ("config.yaml", "hydra.yaml", "overrides.yaml", "multirun.yaml", "tra
 KEYS = ("model", "optimizer", "rng", "epoch", "step", "batch", "perm", "seconds", "seed",
         "status", "config")  # what every checkpoint holds
 HELD: set[Path] = set()  # the folders whose lock this process holds
-COUNTS = ("epoch", "step", "batch", "seconds", "seed", "wall_seconds")  # numbers >= 0 (if there)
+COUNTS = {"epoch": int, "step": int, "batch": int, "seconds": float, "seed": int,
+          "wall_seconds": float}  # a checkpoint's counts: numbers >= 0, in int64 (if there)
 
 
 class _NoAliases(yaml.SafeLoader):
@@ -217,6 +218,8 @@ class RunDir:
         """The checkpoint, read with weights_only (no code in it runs); UserError if it is none."""
         import torch
 
+        from vaerun.config import is_number
+
         path, fix = self.file(self.CHECKPOINT), "delete it to start the run again"
         try:
             with warnings.catch_warnings():  # torch's advice on weights_only: the line says it
@@ -227,15 +230,15 @@ class RunDir:
         except Exception as e:  # noqa: BLE001 (an unpickling refusal, a torn file, ...)
             raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); {fix}") from None
         missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else ["all"]
-        wrong = [] if missing else [k for k in COUNTS if k in state and not (
-            isinstance(state[k], (int, float)) and not isinstance(state[k], bool)
-            and 0 <= state[k] < 2**63 and (k in ("seconds", "wall_seconds") or isinstance(
-                state[k], int)))] + [
-            k for k, ok in (("config", isinstance(state["config"], dict)),
-                            ("status", isinstance(state["status"], str)),
-                            ("perm", state["perm"] is None or isinstance(state["perm"], torch.Tensor)
-                             and state["perm"].dim() == 1 and not state["perm"].is_floating_point()))
-            if not ok]
+        def count(v: Any, kind: type) -> bool:
+            return is_number(v) and 0 <= v < 2**63 and (kind is float or isinstance(v, int))
+
+        perm = state.get("perm") if isinstance(state, dict) else None
+        wrong = [] if missing else [k for k, ok in {
+            **{k: count(state[k], kind) for k, kind in COUNTS.items() if k in state},
+            "config": isinstance(state["config"], dict), "status": isinstance(state["status"], str),
+            "perm": perm is None or (isinstance(perm, torch.Tensor) and perm.dim() == 1
+                                     and not perm.is_floating_point())}.items() if not ok]
         if missing or wrong:
             raise UserError(f"checkpoint {path} is not a vaerun checkpoint (it lacks "
                             f"{', '.join(missing) or 'a valid ' + ', '.join(wrong)}); {fix}")
@@ -263,15 +266,21 @@ class RunDir:
         """The folder's lock (flock on the folder) for the block; `claim()` names the holder.
         Within a block of this process's own (the command holds it from its check on, then the
         run), the lock is held already."""
-        self.command = command
-        if self.path in HELD:
-            try:
-                yield self
-            finally:
-                if self.claimed:
-                    self.file(self.LOCK).unlink(missing_ok=True)
-                self.claimed = False
-            return
+        self.command, fd = command, None if self.path in HELD else self._flock()
+        try:
+            yield self
+        finally:
+            if self.claimed:
+                self.file(self.LOCK).unlink(missing_ok=True)
+            self.claimed = False
+            if fd is not None:
+                HELD.discard(self.path)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _flock(self) -> int:
+        """Take the folder's lock (made if missing): its file descriptor, or Refused naming the
+        process that holds it."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -286,15 +295,7 @@ class RunDir:
             raise Refused(f"{self.path} is in use by {holder}; wait for it to end (or stop it), "
                           "then run this again") from None
         HELD.add(self.path)
-        try:
-            yield self
-        finally:
-            HELD.discard(self.path)
-            if self.claimed:
-                self.file(self.LOCK).unlink(missing_ok=True)
-            self.claimed = False
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        return fd
 
     def claim(self) -> None:
         """Say who holds the lock, once the command has accepted the folder."""
