@@ -187,9 +187,10 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
             for h in logging.getLogger().handlers:
                 if isinstance(h, logging.FileHandler):
                     h.handle(record)
-        if job and job.new and rd.kind() == "run":  # a refused new run leaves no folder, but
-            with contextlib.suppress(Refused), rd.locked("remove"):  # one another command holds
-                if not rd.file(rd.CHECKPOINT).exists():  # (started at the same time) it keeps
+        # a refused new run leaves no folder; one that another command holds is not removed
+        if job and job.new and rd.kind() == "run":
+            with contextlib.suppress(Refused), rd.locked("remove"):
+                if not rd.file(rd.CHECKPOINT).exists():
                     shutil.rmtree(rd.path, ignore_errors=True)
         return Outcome(rd.path, e.exit_code, e)
 
