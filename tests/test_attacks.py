@@ -247,3 +247,29 @@ def test_a_checkpoint_with_odd_progress_is_one_line(tmp_path, trained, key, valu
         assert proc.returncode == 0, proc.stderr
     else:
         assert key in one_line(proc) or "data order" in one_line(proc)
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_tampered_record_starts_no_download(tmp_path, trained, command):
+    """A run's checkpoint and overrides are user input: set to `dataset.root=DIR`, a resume or
+    an evaluation downloaded MNIST into DIR (with download's default, true). Only a new run
+    downloads; these end in one line, DIR untouched and nothing fetched."""
+    import torch
+
+    run, root = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(trained, run)
+    root.mkdir()
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["dataset"].update(root=str(root), download=True)
+    torch.save(state, path)
+    (run / ".hydra" / "config.yaml").unlink()  # the checkpoint holds the config
+    overrides = run / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- dataset.root={root}\n")
+    args = ["eval", f"run_dir={run}", "eval.iwae_k=2"] if command == "eval" else [
+        "train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"]
+    proc = run_process(args, cwd=tmp_path, env={**os.environ, "no_proxy": "",
+                                                "https_proxy": "http://127.0.0.1:9",
+                                                "http_proxy": "http://127.0.0.1:9"})
+    assert "downloads nothing" in one_line(proc) and "downloading" not in proc.stdout + proc.stderr
+    assert list(root.iterdir()) == []

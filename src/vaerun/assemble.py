@@ -28,7 +28,7 @@ from vaerun import config, images, optim, slurm  # noqa: F401 (images: its datas
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.elbo import Meter, Objective, step_bytes
-from vaerun.errors import ConfigError, Refused, UserError
+from vaerun.errors import ConfigError, DataError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
 from vaerun.rundir import RunDir
@@ -89,10 +89,18 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
                           "trainer.batch_size smaller")
 
 
-def build(cfg: RunConfig, device: torch.device) -> tuple[Dataset, VAE]:
+def build(cfg: RunConfig, device: torch.device, new: bool = True) -> tuple[Dataset, VAE]:
     """The data (in memory on `device`) and the VAE with its likelihood, untrained. With the
-    squared error for loss (loss.recon=sse) the Gaussian's σ is the one the loss implies."""
-    data = Dataset.lookup(cfg.dataset.name)(cfg.dataset, device)
+    squared error for loss (loss.recon=sse) the Gaussian's σ is the one the loss implies.
+    Only a `new` run downloads missing data: a resumed or evaluated one takes its config from
+    its records, user input that must not choose where a download writes."""
+    try:
+        data = Dataset.lookup(cfg.dataset.name)(
+            cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device)
+    except DataError as e:
+        later = ("; a resumed or evaluated run downloads nothing (its records do not choose "
+                 "where a download writes): a new run with this dataset.root downloads it")
+        raise DataError(f"{e}{later if not new and cfg.dataset.download else ''}") from None
     lik_cfg = cfg.likelihood
     if cfg.loss.recon == Recon.sse:
         implied = objective(cfg, data.dim).implied(cfg.trainer.batch_size)["implied_sigma"]
@@ -231,7 +239,7 @@ def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
     seed = state["seed"] if state else cfg.trainer.seed
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     torch.manual_seed(seed)
-    data, vae = build(cfg, device)
+    data, vae = build(cfg, device, new=state is None)
     opt = optim.make_optimizer(cfg.optimizer, vae.param_groups(cfg.optimizer["lr"]))
     sched = optim.Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
     session = Session(cfg, rd, device, data, vae, opt, sched, torch.Generator().manual_seed(seed),
@@ -269,6 +277,6 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
 def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any]
              ) -> tuple[Dataset, VAE]:
     """The data and trained VAE of a saved run (`load_config`'s config and state)."""
-    data, vae = build(cfg, resolve_device(cfg.trainer.device))
+    data, vae = build(cfg, resolve_device(cfg.trainer.device), new=False)
     RunDir(run_dir).fits(lambda: vae.load_state_dict(state["model"]))
     return data, vae
