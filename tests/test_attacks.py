@@ -249,11 +249,11 @@ def test_a_checkpoint_with_odd_progress_is_one_line(tmp_path, trained, key, valu
         assert key in one_line(proc) or "data order" in one_line(proc)
 
 
-@pytest.mark.parametrize("command", ["train", "eval"])
+@pytest.mark.parametrize("command", ["train", "eval", "train, no checkpoint"])
 def test_a_tampered_record_starts_no_download(tmp_path, trained, command):
-    """A run's checkpoint and overrides are user input: set to `dataset.root=DIR`, a resume or
-    an evaluation downloaded MNIST into DIR (with download's default, true). Only a new run
-    downloads; these end in one line, DIR untouched and nothing fetched."""
+    """A run's checkpoint and overrides are user input: set to `dataset.root=DIR`, a resume
+    (with a checkpoint or without one) or an evaluation downloaded MNIST into DIR (download's
+    default is true). Only a new run downloads; these end in one line, DIR untouched."""
     import torch
 
     run, root = tmp_path / "run", tmp_path / "elsewhere"
@@ -266,6 +266,8 @@ def test_a_tampered_record_starts_no_download(tmp_path, trained, command):
     (run / ".hydra" / "config.yaml").unlink()  # the checkpoint holds the config
     overrides = run / ".hydra" / "overrides.yaml"
     overrides.write_text(overrides.read_text() + f"- dataset.root={root}\n")
+    if command == "train, no checkpoint":
+        shutil.rmtree(run / "checkpoints")
     args = ["eval", f"run_dir={run}", "eval.iwae_k=2"] if command == "eval" else [
         "train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"]
     proc = run_process(args, cwd=tmp_path, env={**os.environ, "no_proxy": "",

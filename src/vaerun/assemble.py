@@ -93,13 +93,15 @@ def build(cfg: RunConfig, device: torch.device, new: bool = True) -> tuple[Datas
     """The data (in memory on `device`) and the VAE with its likelihood, untrained. With the
     squared error for loss (loss.recon=sse) the Gaussian's σ is the one the loss implies.
     Only a `new` run downloads missing data: a resumed or evaluated one takes its config from
-    its records, user input that must not choose where a download writes."""
+    its records (checkpoint, overrides), user input that must not choose where a download
+    writes."""
     try:
         data = Dataset.lookup(cfg.dataset.name)(
             cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device)
     except DataError as e:
-        later = ("; a resumed or evaluated run downloads nothing (its records do not choose "
-                 "where a download writes): a new run with this dataset.root downloads it")
+        later = ("; a resumed or evaluated run (trainer.resume=true, vaerun eval) downloads "
+                 "nothing, as its records may not choose where a download writes: a new run "
+                 "with this dataset.root downloads it")
         raise DataError(f"{e}{later if not new and cfg.dataset.download else ''}") from None
     lik_cfg = cfg.likelihood
     if cfg.loss.recon == Recon.sse:
@@ -239,7 +241,7 @@ def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
     seed = state["seed"] if state else cfg.trainer.seed
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     torch.manual_seed(seed)
-    data, vae = build(cfg, device, new=state is None)
+    data, vae = build(cfg, device, new=state is None and not cfg.trainer.resume)
     opt = optim.make_optimizer(cfg.optimizer, vae.param_groups(cfg.optimizer["lr"]))
     sched = optim.Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
     session = Session(cfg, rd, device, data, vae, opt, sched, torch.Generator().manual_seed(seed),
