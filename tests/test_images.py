@@ -111,6 +111,28 @@ def test_a_second_run_reads_the_cache_and_gets_the_same_images(tmp_path, monkeyp
     assert len(list((tmp_path / "cache" / "vaerun" / "images").glob("*.npy"))) == 3
 
 
+@pytest.mark.parametrize("damage", ["garbage", "pickle", "float64", "shape"])
+def test_a_damaged_cache_is_decoded_again(tmp_path, monkeypatch, damage):
+    """A cache file that is not these images as uint8 (damaged on disk, or another array under
+    the same name) was a traceback, or a float64 array that failed in the first step: it is
+    decoded again, the same images, and written anew."""
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = Images.Config(root=str(make_folder(tmp_path / "photos", n=12)), size=8, channels=3)
+    first = Images(cfg).train
+    (cached,) = (tmp_path / "cache" / "vaerun" / "images").glob("images-train-*.npy")
+    if damage == "garbage":
+        cached.write_bytes(b"garbage")
+    else:
+        good = np.load(cached)
+        np.save(cached, {"pickle": np.array([None, 1], dtype=object),
+                         "float64": good.astype(np.float64), "shape": good[:-1]}[damage],
+                allow_pickle=True)
+    assert torch.equal(Images(cfg).train, first)
+    assert np.load(cached).dtype == np.uint8 and torch.equal(Images(cfg).train, first)
+
+
 def test_the_cache_is_said_in_the_log(tmp_path, env):
     photos = make_folder(tmp_path / "photos", n=20)
     args = ["train", "dataset=images", f"dataset.root={photos}", "dataset.size=16", *QUICK]

@@ -9,9 +9,9 @@ decoded stops the run with one line naming it (a broken download is better found
 
 Decoding is done once: the uint8 images are cached under the user's cache directory
 ($XDG_CACHE_HOME/vaerun, else ~/.cache/vaerun), keyed by the files' names, sizes and times and
-these keys, never in the user's folder; a changed folder is decoded again. The images are held
-as uint8 on the device and made floats in [0, 1] a batch at a time (CelebA at 64×64×3: 2 GB,
-not 8).
+these keys, never in the user's folder; a changed folder, or a cache file that is not these
+images as uint8, is decoded again. The images are held as uint8 on the device and made floats
+in [0, 1] a batch at a time (CelebA at 64×64×3: 2 GB, not 8).
 
 `dataset=cifar10` reads torchvision's `cifar-10-batches-py/` under `root`, and `dataset=celeba`
 its `celeba/img_align_celeba/` with `list_eval_partition.txt` (0: train, 2: test), each file
@@ -137,9 +137,17 @@ class Images(Dataset):
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         path = cache_dir() / f"{self.name}-{split}-{h.hexdigest()[:24]}.npy"
         if path.exists():
-            log.info("dataset: %d %s images of %s from the cache (%s)", len(files), split, c.root,
-                     path)
-            return np.load(path, allow_pickle=False)
+            try:
+                cached = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                cached = e
+            if isinstance(cached, np.ndarray) and cached.dtype == np.uint8 and \
+                    cached.shape == (len(files), c.channels, c.size, c.size):
+                log.info("dataset: %d %s images of %s from the cache (%s)", len(files), split,
+                         c.root, path)
+                return cached
+            log.warning("dataset: the cache %s is damaged or not these images; decoding again",
+                        path)
         started, done = time.perf_counter(), [0]
 
         def one(p: Path) -> np.ndarray:
