@@ -164,6 +164,38 @@ def test_celeba_in_its_own_format(tmp_path, env):
     assert "20 train images" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.parametrize("name, had", [("cifar10", []), ("celeba", []),
+                                       ("celeba", ["celeba/list_eval_partition.txt"])])
+def test_a_failed_download_is_one_line_and_leaves_the_root_as_it_was(tmp_path, env, name, had):
+    """CIFAR-10's and CelebA's downloads failing (offline; CelebA's also without gdown) were a
+    traceback, or, for CIFAR-10, a line about a full disk; now one line, nothing left."""
+    root = tmp_path / "root"
+    for f in had:
+        (root / f).parent.mkdir(parents=True)
+        (root / f).write_text("000001.jpg 0\n")
+    root.mkdir(exist_ok=True)
+    before = listing(root)
+    proc = run_process(["train", f"dataset={name}", f"dataset.root={root}",
+                        "dataset.download=true", *QUICK], cwd=tmp_path,
+                       env={**env, "no_proxy": "", "https_proxy": "http://127.0.0.1:9",
+                            "http_proxy": "http://127.0.0.1:9"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "could not download" in lines[0], proc.stderr
+    assert listing(root) == before
+
+
+@pytest.mark.parametrize("line", ["000001.jpg 0 extra", "000001.jpg", "000001.jpg 7",
+                                  "../../../etc/hostname 0"])
+def test_a_partition_file_of_other_lines_is_one_line(tmp_path, env, line):
+    data = make_celeba(tmp_path / "data", n=8)
+    partition = data / "celeba" / "list_eval_partition.txt"
+    partition.write_text(partition.read_text() + line + "\n")
+    proc = run_process(["train", "dataset=celeba", f"dataset.root={data}", "dataset.verify=false",
+                        "dataset.size=16", *QUICK], cwd=tmp_path, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "line 9" in lines[0], proc.stderr
+
+
 @pytest.mark.parametrize("case", ["empty", "corrupt", "missing"])
 def test_a_folder_without_usable_images_is_one_line(tmp_path, env, case):
     photos = tmp_path / "photos"

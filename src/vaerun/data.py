@@ -14,6 +14,7 @@ import hashlib
 import logging
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -183,37 +184,41 @@ class Dataset(Registered):
                f"or {cls.missing_hint}")
         return [raw / base, raw / f"{base}.gz", root / base, root / f"{base}.gz"], fix
 
-    def _download(self) -> None:
-        """torchvision's download into an existing `root`; what it created is removed again
-        when it fails, so a failed command leaves nothing behind."""
-        import torchvision
-
+    def download(self, made: list[Path], fetch: Callable[[], object]) -> None:
+        """`fetch()`, torchvision's download into the existing `dataset.root`, undone where it
+        fails: what it created at the paths `made` is removed again, so a failed command
+        leaves nothing behind; the failure is one DataError."""
         root = Path(self.cfg.root).expanduser()
         if not root.is_dir():
             raise DataError(f"dataset.root={self.cfg.root} is not a directory; create it for "
                             f"torchvision's download, or {self.missing_hint}")
-        target = root / self.folder  # what torchvision writes into
-        before = set(target.rglob("*")) if target.exists() else None
-        cls = getattr(torchvision.datasets, self.folder)
+        before = {p: set(p.rglob("*")) if p.is_dir() else p.exists() for p in made}
         log.info("downloading %s into %s with torchvision", self.name, self.cfg.root)
         try:
-            for train in (True, False):
-                cls(str(root), train=train, download=True)
-        except Exception as e:  # network or disk errors, reported as one line
-            if before is None:
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                for p in sorted(set(target.rglob("*")) - before, reverse=True):  # deepest first
-                    p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+            fetch()
+        except Exception as e:  # network or disk errors, a missing gdown: reported as one line
+            for p, had in before.items():
+                if had is False and p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif had is False:
+                    p.unlink(missing_ok=True)
+                elif isinstance(had, set):
+                    for q in sorted(set(p.rglob("*")) - had, reverse=True):  # deepest first
+                        q.rmdir() if q.is_dir() else q.unlink(missing_ok=True)
+            hint = "" if "download" in self.missing_hint else f", or {self.missing_hint}"
             raise DataError(f"{self.name} is not under {self.cfg.root} and torchvision could not "
                             f"download it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                            f"; copy the files there or {self.missing_hint}") from None
+                            f"; put its files there yourself (torchvision's layout){hint}") from None
 
     def _load(self, base: str, n: int | None, key: str) -> np.ndarray:
         candidates, fix = self._paths(self.cfg, base)
         found = [p for p in candidates if p.exists()]
         if not found and self.cfg.root is not None and self.cfg.download:
-            self._download()
+            import torchvision
+
+            tv, root = getattr(torchvision.datasets, self.folder), Path(self.cfg.root).expanduser()
+            self.download([root / self.folder], lambda: [tv(str(root), train=t, download=True)
+                                                         for t in (True, False)])
             found = [p for p in candidates if p.exists()]
         path = found[0] if found else candidates[0]
         images = read_idx(path, self.sha256.get(base), fix)

@@ -227,7 +227,8 @@ class CIFAR10(Images):
         tv, root = torchvision.datasets.CIFAR10, Path(self.cfg.root).expanduser()
         folder = root / tv.base_folder
         if self.cfg.download and not folder.is_dir():
-            download_and_extract_archive(tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5)
+            self.download([folder, root / tv.filename], lambda: download_and_extract_archive(
+                tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5))
         out = []
         for files, n in ((tv.train_list, self.cfg.n_train), (tv.test_list, self.cfg.n_test)):
             parts = []
@@ -272,7 +273,8 @@ class CelebA(Images):
         if self.cfg.download and not (base / "img_align_celeba").is_dir():
             import torchvision
 
-            torchvision.datasets.CelebA(str(base.parent), split="all", download=True)
+            self.download([base], lambda: torchvision.datasets.CelebA(str(base.parent),
+                                                                       split="all", download=True))
         partition = base / "list_eval_partition.txt"
         if not partition.is_file() or not (base / "img_align_celeba").is_dir():
             raise DataError(f"{base} lacks img_align_celeba/ or list_eval_partition.txt; "
@@ -280,6 +282,10 @@ class CelebA(Images):
         if self.cfg.verify and not check_integrity(str(partition), self.PARTITION_MD5):
             raise DataError(f"{partition} fails its published MD5 check; fetch it again, or "
                             "dataset.verify=false for a copy you made yourself")
-        rows = [ln.split() for ln in partition.read_text().splitlines() if ln.strip()]
+        rows = [ln.split() for ln in partition.read_text(errors="replace").splitlines() if ln.strip()]
+        for i, row in enumerate(rows):
+            if len(row) != 2 or row[1] not in "012" or Path(row[0]).name != row[0]:
+                raise DataError(f"{partition}: line {i + 1} ({' '.join(row)[:80]!r}) is not a file "
+                                "name and its partition (0, 1 or 2); fetch it again")
         files = {s: [base / "img_align_celeba" / n for n, p in rows if p == s] for s in "02"}
         return files["0"], files["2"]
