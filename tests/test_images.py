@@ -164,6 +164,26 @@ def test_celeba_in_its_own_format(tmp_path, env):
     assert "20 train images" in (tmp_path / "run" / "train.log").read_text()
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path, monkeypatch, channels):
+    """Pillow's convert clips a 16-bit grey PNG (mode I;16) to 255: every value above 255 was
+    white. It is scaled to 8 bits, v/257 rounded: 65535 -> 255, 30000 -> 117."""
+    from PIL import Image
+
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    values = np.array([0, 256, 30000, 65535], dtype=np.uint16).repeat(4).reshape(4, 4)
+    for i in range(2):
+        Image.fromarray(values).save(folder / f"{i}.png")
+    assert Image.open(folder / "0.png").mode.startswith("I")
+    data = Images(Images.Config(root=str(folder), size=4, channels=channels, test_fraction=0.5))
+    want = torch.tensor([0, 1, 117, 255], dtype=torch.uint8).repeat_interleave(4)
+    assert torch.equal(data.train.view(channels, 16)[-1], want)
+
+
 @pytest.mark.parametrize("name, had", [("cifar10", []), ("celeba", []),
                                        ("celeba", ["celeba/list_eval_partition.txt"])])
 def test_a_failed_download_is_one_line_and_leaves_the_root_as_it_was(tmp_path, env, name, had):

@@ -42,7 +42,8 @@ from vaerun.rundir import write_atomic
 
 log = logging.getLogger("vaerun")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-CACHE_VERSION = 1  # what a cached array is: bump it when decoding changes
+WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of a 16-bit grey PNG
+CACHE_VERSION = 2  # what a cached array is: bump it when decoding changes (2: 16-bit grey)
 
 
 def cache_dir() -> Path:
@@ -176,6 +177,9 @@ class Images(Dataset):
         c = self.cfg
         try:
             with Image.open(path) as img:
+                if img.mode in WIDE:  # 16-bit grey: scaled to 8 bits (Pillow's convert clips)
+                    img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64).clip(
+                        0, 65535) / 257).astype(np.uint8))
                 img = img.convert("RGB" if c.channels == 3 else "L")
         except Exception as e:  # noqa: BLE001 (PIL's errors for a broken or foreign file)
             raise DataError(f"{path} is no readable image ({type(e).__name__}: {e}); remove or "
