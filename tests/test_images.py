@@ -176,10 +176,10 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path, monkeypatch, channels
     folder = tmp_path / "scans"
     folder.mkdir()
     values = np.array([0, 256, 30000, 65535], dtype=np.uint16).repeat(4).reshape(4, 4)
-    for i in range(2):
+    for i in range(3):
         Image.fromarray(values).save(folder / f"{i}.png")
     assert Image.open(folder / "0.png").mode.startswith("I")
-    data = Images(Images.Config(root=str(folder), size=4, channels=channels, test_fraction=0.5))
+    data = Images(Images.Config(root=str(folder), size=4, channels=channels))
     want = torch.tensor([0, 1, 117, 255], dtype=torch.uint8).repeat_interleave(4)
     assert torch.equal(data.train.view(channels, 16)[-1], want)
 
@@ -214,6 +214,32 @@ def test_a_partition_file_of_other_lines_is_one_line(tmp_path, env, line):
                         "dataset.size=16", *QUICK], cwd=tmp_path, env=env)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "line 9" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("case, args, says", [
+    ("2 files", [], "three at least"),
+    ("train/ empty", [], "gives 0 training and 2 test images"),
+    ("test/ of 1", [], "gives 2 training and 1 test images"),
+    ("5 files", ["dataset.n_train=100"], "dataset.n_train=100 is not allowed: must be between 1 and 3")])
+def test_a_folder_of_too_few_images_is_one_line(tmp_path, env, case, args, says):
+    """Too few images for the run were a traceback (an empty train/), a test set of 1 (active
+    units are a variance over it: 0 of 20), or dataset.n_train silently cut to what the folder
+    holds."""
+    import shutil
+
+    photos, made = tmp_path / "photos", make_folder(tmp_path / "made", n=5)
+    pngs = sorted(made.rglob("*.png"))
+    for p, to in zip(pngs, {"2 files": ["", ""], "train/ empty": ["test", "test"],
+                            "test/ of 1": ["train", "train", "test"]}.get(case, [""] * 5),
+                     strict=False):
+        (photos / to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, photos / to / p.name)
+    if case == "train/ empty":
+        (photos / "train").mkdir()
+    proc = run_process(["train", "dataset=images", f"dataset.root={photos}", "dataset.size=8",
+                        *QUICK, *args], cwd=tmp_path, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("case", ["empty", "corrupt", "missing"])

@@ -116,15 +116,24 @@ class Images(Dataset):
         if (root / "train").is_dir() and (root / "test").is_dir():
             return images(root / "train"), images(root / "test")
         files = images(root)
-        if len(files) < 2:
+        if len(files) < 3:
             raise DataError(f"dataset.root={self.cfg.root} holds {len(files) or 'no'} PNG, JPEG or "
-                            "WebP image(s); it needs two at least (a train and a test image)")
+                            "WebP image(s); it needs three at least (a training image and two "
+                            "test images)")
         random.Random(0).shuffle(files)
-        n_test = max(1, round(len(files) * self.cfg.test_fraction))
+        n_test = min(max(2, round(len(files) * self.cfg.test_fraction)), len(files) - 1)
         return files[n_test:], files[:n_test]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         train, test = self.split()
+        for key, files in (("n_train", train), ("n_test", test)):
+            n = getattr(self.cfg, key)
+            if n is not None and n > len(files):
+                raise ConfigError(f"dataset.{key}", n, f"must be between 1 and {len(files)} (the "
+                                  f"{key[2:]} images under {self.cfg.root})")
+        if not train or len(test) < 2:  # active units are a variance over the test images
+            raise DataError(f"dataset.root={self.cfg.root} gives {len(train)} training and "
+                            f"{len(test)} test images; it needs 1 and 2 at least: add images")
         train, test = train[: self.cfg.n_train], test[: self.cfg.n_test]
         out = [self.decoded(files, split) for files, split in ((train, "train"), (test, "test"))]
         return out[0], out[1]
