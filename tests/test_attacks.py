@@ -275,3 +275,28 @@ def test_a_tampered_record_starts_no_download(tmp_path, trained, command):
                                                 "http_proxy": "http://127.0.0.1:9"})
     assert "downloads nothing" in one_line(proc) and "downloading" not in proc.stdout + proc.stderr
     assert list(root.iterdir()) == []
+
+
+def test_a_resume_refused_as_it_began_leaves_the_run_evaluable(tmp_path):
+    """A resume that asks for more epochs and fails as it begins (here its data are gone) left
+    Hydra's .hydra/config.yaml saying trainer.epochs=2 beside a checkpoint of 1: every later
+    `vaerun eval` refused the run ("is not the checkpoint's config"). What a resume may change
+    may differ between them; the rest must not."""
+    from importlib import resources
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for f in resources.files("vaerun.bundled").joinpath("mnist").iterdir():
+        if f.name.endswith(".gz"):
+            (root / f.name).write_bytes(f.read_bytes())
+    run = tmp_path / "run"
+    args = [*SMALL, f"dataset.root={root}", f"hydra.run.dir={run}"]
+    assert run_process(["train", *args, "trainer.epochs=1"], cwd=tmp_path).returncode == 0
+    root.rename(tmp_path / "away")
+    root.mkdir()
+    assert "is missing" in one_line(run_process(["train", *args, "trainer.epochs=2",
+                                                 "trainer.resume=true"], cwd=tmp_path))
+    root.rmdir()
+    (tmp_path / "away").rename(root)
+    proc = run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr

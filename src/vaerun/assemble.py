@@ -4,7 +4,8 @@ start-or-resume decision. `vaerun train` and `vaerun eval` build runs here; it i
 modules, so their registries are filled before `checked` looks them up.
 
 A checkpoint (`RunDir.CHECKPOINT`) holds model, optimizer, schedule, progress (epoch, step,
-position in the epoch's data order), every random stream and the config: only tensors and plain
+position in the epoch's data order), every random stream, the config and a digest of the images
+(`Dataset.digest`: a resume or an evaluation on other images is refused): only tensors and plain
 containers, so `torch.load(weights_only=True)` reads it. Its streams are CPU ones (the data
 order's generator, torch's CPU state), so a run may resume on another device type; a CUDA run
 also keeps torch's CUDA state, restored where it resumes on CUDA.
@@ -169,7 +170,7 @@ class Session:
             "perm": None if p.perm is None else p.perm.cpu(), "seconds": p.seconds,
             "device": self.device.type, "seed": self.seed, "status": status,
             "meter": self.meter.state(), "wall_seconds": self.wall_seconds,
-            "config": self.cfg.plain})
+            "config": self.cfg.plain, "data": self.data.digest})
         self.status = status
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -247,8 +248,20 @@ def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
     session = Session(cfg, rd, device, data, vae, opt, sched, torch.Generator().manual_seed(seed),
                       seed)
     if state is not None:
+        same_data(state, data, rd)
         rd.fits(lambda: session.restore(state))
     return session
+
+
+def same_data(state: dict[str, Any], data: Dataset, rd: RunDir) -> None:
+    """Refused where the images are not those the checkpoint's run was trained on (a folder of
+    your own images changed since): its numbers would be of other images, its test set could
+    hold images it trained on."""
+    if state.get("data") not in (None, data.digest):  # None: a checkpoint of an older vaerun
+        where = f" under dataset.root={data.cfg.root}" if data.cfg.root else ""
+        raise Refused(f"the {data.cfg.name} images{where} are not those the run in {rd} was "
+                      "trained on (added, removed or changed since); restore them as they were, "
+                      "or train a new run")
 
 
 def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None
@@ -259,8 +272,10 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
     state = rd.load_checkpoint()
     free = config.free_keys()
     saved = rd.record(rd.CONFIG, lambda v: isinstance(v, dict), "a config")
-    if saved is not None and OmegaConf.to_container(OmegaConf.create(saved), resolve=True) != \
-            state["config"]:
+    # (in what a resume may change they may differ: a resume refused as it began left Hydra's
+    # record of its trainer.epochs, the checkpoint its own)
+    if saved is not None and config_changes(
+            OmegaConf.to_container(OmegaConf.create(saved), resolve=True), state["config"]):
         raise UserError(f"{rd.file(rd.CONFIG)} is not the checkpoint's config; restore it, or "
                         "delete it (the checkpoint holds the run's config)")
     rd.overrides()  # the record the report labels the run by: a list, or refused
@@ -280,5 +295,6 @@ def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any]
              ) -> tuple[Dataset, VAE]:
     """The data and trained VAE of a saved run (`load_config`'s config and state)."""
     data, vae = build(cfg, resolve_device(cfg.trainer.device), new=False)
+    same_data(state, data, RunDir(run_dir))
     RunDir(run_dir).fits(lambda: vae.load_state_dict(state["model"]))
     return data, vae

@@ -128,6 +128,10 @@ class Dataset(Registered):
         self.cfg = cfg
         self.device = torch.device(device)
         train, test = self.arrays()
+        digest = hashlib.sha256(repr((train.shape, test.shape)).encode())
+        for a in (train, test):
+            digest.update(np.ascontiguousarray(a))
+        self.digest = digest.hexdigest()  # of the uint8 images: a checkpoint records it
         self.image_shape = tuple(train.shape[1:]) if train.ndim == 4 else (1, *train.shape[1:])
         self.dim = int(np.prod(train.shape[1:]))
         # fixed noise is drawn on the CPU, then moved: the same test set on every device
