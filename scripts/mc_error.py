@@ -9,6 +9,7 @@ image, and of test/bits_per_dim, as a markdown table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -16,7 +17,10 @@ from pathlib import Path
 
 
 def main() -> int:
-    root = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path, help="the folder of ROW/seedS/metrics.json")
+    root = parser.parse_args().dir
     print("| row (seed 1) | k | eval seeds | nll_iwae (nats) | its standard error (nats) "
           "| bits/dim | its standard error (bits/dim) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

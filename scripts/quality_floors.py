@@ -9,6 +9,7 @@ set's last 5,000 images to its first 5,000.
 
 from __future__ import annotations
 
+import argparse
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def bundled(name: str) -> torch.Tensor:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()  # --help
     train = bundled("train-images-idx3-ubyte").reshape(-1, 784)
     test = bundled("t10k-images-idx3-ubyte").reshape(-1, 784)
     noise = torch.rand(10000, 784, generator=torch.Generator().manual_seed(0))

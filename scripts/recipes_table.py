@@ -8,6 +8,7 @@ and seed 1's samples. Writes OUT/recipes.md and copies each recipe's samples.png
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -66,4 +67,7 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the folder scripts/recipes.sh wrote")
+    sys.exit(main(parser.parse_args().out))

@@ -10,6 +10,7 @@ the host work vaerun adds per step.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -84,7 +85,12 @@ def compare(device: str, batch: int) -> str:
 
 
 def main() -> None:
-    device, sizes = sys.argv[1], [int(s) for s in sys.argv[2:]] or [128]
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("device")
+    parser.add_argument("batch_sizes", type=int, nargs="*", default=[128])
+    a = parser.parse_args()
+    device, sizes = a.device, a.batch_sizes
     for batch in sizes:
         print(compare(device, batch), flush=True)
 

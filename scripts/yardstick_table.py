@@ -9,6 +9,7 @@ the sample-quality scores, with seed 1's Monte Carlo standard error of the k = 1
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -52,7 +53,10 @@ def k1000(out: Path, row: Path) -> str:
 
 
 def main() -> int:
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the folder scripts/yardstick.sh wrote")
+    out = parser.parse_args().out
     rows: dict[str, list[Path]] = defaultdict(list)
     for metrics in sorted((out / "terms").glob("*/*/metrics.json")):
         rows[row_name(metrics.parent)].append(metrics.parent)
