@@ -209,7 +209,7 @@ class Dataset(Registered):
                 elif isinstance(had, set):
                     for q in sorted(set(p.rglob("*")) - had, reverse=True):  # deepest first
                         q.rmdir() if q.is_dir() else q.unlink(missing_ok=True)
-            hint = "" if "download" in self.missing_hint else f", or {self.missing_hint}"
+            hint = "" if "dataset.download=true" in self.missing_hint else f", or {self.missing_hint}"
             raise DataError(f"{self.name} is not under {self.cfg.root} and torchvision could not "
                             f"download it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                             f"; put its files there yourself (torchvision's layout){hint}") from None
