@@ -205,7 +205,7 @@ def test_a_failed_download_is_one_line_and_leaves_the_root_as_it_was(tmp_path, e
 
 
 @pytest.mark.parametrize("line", ["000001.jpg 0 extra", "000001.jpg", "000001.jpg 7",
-                                  "../../../etc/hostname 0"])
+                                  "000001.jpg 01", "../../../etc/hostname 0"])
 def test_a_partition_file_of_other_lines_is_one_line(tmp_path, env, line):
     data = make_celeba(tmp_path / "data", n=8)
     partition = data / "celeba" / "list_eval_partition.txt"

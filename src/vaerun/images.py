@@ -295,10 +295,13 @@ class CelebA(Images):
         if self.cfg.verify and not check_integrity(str(partition), self.PARTITION_MD5):
             raise DataError(f"{partition} fails its published MD5 check; fetch it again, or "
                             "dataset.verify=false for a copy you made yourself")
-        rows = [ln.split() for ln in partition.read_text(errors="replace").splitlines() if ln.strip()]
-        for i, row in enumerate(rows):
-            if len(row) != 2 or row[1] not in "012" or Path(row[0]).name != row[0]:
-                raise DataError(f"{partition}: line {i + 1} ({' '.join(row)[:80]!r}) is not a file "
-                                "name and its partition (0, 1 or 2); fetch it again")
+        rows = []
+        for i, line in enumerate(partition.read_text(errors="replace").splitlines()):
+            row = line.split()
+            if row and (len(row) != 2 or row[1] not in ("0", "1", "2") or
+                        Path(row[0]).name != row[0]):
+                raise DataError(f"{partition}: line {i + 1} ({line[:80]!r}) is not a file name "
+                                "and its partition (0, 1 or 2); fetch it again")
+            rows += [row] if row else []
         files = {s: [base / "img_align_celeba" / n for n, p in rows if p == s] for s in "02"}
         return files["0"], files["2"]
