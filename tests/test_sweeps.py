@@ -157,3 +157,33 @@ def test_sweep_interrupted_then_resumed_finishes_every_run_once(tmp_path):
     assert (first / "metrics.json").read_text() == finished_before
     assert sorted(p.name for p in first.glob("events.out.tfevents.*")) == events_before
     assert "is already finished" in (first / "train.log").read_text()
+
+
+def test_a_job_refused_in_a_worker_fails_the_command(tmp_path):
+    """A joblib worker's job refused as it began (a resume of finished runs whose data are
+    gone) recorded its error beside the status the runs had, `finished`, and the command read
+    that status: exit 0, no line. Each refused job is now a line and the status 2; when the
+    data are back, the same command resumes them and clears what the refusal recorded."""
+    from importlib import resources
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for f in resources.files("vaerun.bundled").joinpath("mnist").iterdir():
+        if f.name.endswith(".gz"):
+            (root / f.name).write_bytes(f.read_bytes())
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "hydra/launcher=joblib", "likelihood=gaussian",
+            "likelihood.sigma=0.1,1", *TINY, f"dataset.root={root}", f"hydra.sweep.dir={sweep}"]
+    assert run_process([*args, "trainer.epochs=1"], cwd=tmp_path).returncode == 0
+    root.rename(tmp_path / "away")
+    root.mkdir()
+    proc = run_process([*args, "trainer.epochs=1", "trainer.resume=true"], cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert all(ln.startswith("error: job ") and "is missing" in ln for ln in lines)
+    root.rmdir()
+    (tmp_path / "away").rename(root)
+    proc = run_process([*args, "trainer.epochs=1", "trainer.resume=true"], cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    runs = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert all("exit_code" not in metrics(r) and metrics(r)["status"] == "finished" for r in runs)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaerun import gate
+from vaerun.config import is_number
 from vaerun.errors import Interrupted, Refused, RunFailed, UserError
 from vaerun.rundir import RunDir, write_error
 
@@ -112,7 +113,8 @@ def recorded(num: int, rd: RunDir) -> Outcome:
         m = rd.metrics()
     except UserError as e:
         m = {"error": str(e)}
-    code = 0 if m.get("status") == "finished" else int(m.get("exit_code") or 1)
+    code = m.get("exit_code")  # this command's failure, over the status an earlier one left
+    code = int(code) if is_number(code) and 1 <= code < 256 else int(m.get("status") != "finished")
     why = m.get("error") or f"it ended {m.get('status', 'with no record')}; see {rd.file(rd.LOG)}"
     return Outcome(rd.path, code, None if code == 0 else f"job {num} ({rd}) failed: {why}", False)
 

@@ -259,7 +259,7 @@ def same_data(state: dict[str, Any], data: Dataset, rd: RunDir) -> None:
     hold images it trained on."""
     if state.get("data") not in (None, data.digest):  # None: a checkpoint of an older vaerun
         where = f" under dataset.root={data.cfg.root}" if data.cfg.root else ""
-        raise Refused(f"the {data.cfg.name} images{where} are not those the run in {rd} was "
+        raise Refused(f"the images of dataset={data.cfg.name}{where} are not those the run in {rd} was "
                       "trained on (added, removed or changed since); restore them as they were, "
                       "or train a new run")
 

@@ -60,7 +60,11 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
         if session.finished:
             log.info("%s is already finished (epoch %d of %d); nothing to do", rd,
                      session.progress.epoch, cfg.trainer.epochs)
-            return rd.metrics()
+            metrics = rd.metrics()
+            if {"error", "exit_code"} & metrics.keys():  # an earlier command's failure
+                metrics = {k: v for k, v in metrics.items() if k not in ("error", "exit_code")}
+                rd.write_json(rd.METRICS, metrics)
+            return metrics
         return _train(session, stop, list(compare), swept)
 
 
