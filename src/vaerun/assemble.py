@@ -256,8 +256,8 @@ def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
 def same_data(state: dict[str, Any], data: Dataset, rd: RunDir) -> None:
     """Refused where the images are not those the checkpoint's run was trained on (a folder of
     your own images changed since): its numbers would be of other images, its test set could
-    hold images it trained on."""
-    if state.get("data") not in (None, data.digest):  # None: a checkpoint of an older vaerun
+    hold images it trained on. A checkpoint of an older vaerun has no digest."""
+    if None not in (state.get("data"), data.digest) and state["data"] != data.digest:
         where = f" under dataset.root={data.cfg.root}" if data.cfg.root else ""
         raise Refused(f"the images of dataset={data.cfg.name}{where} are not those the run in {rd} was "
                       "trained on (added, removed or changed since); restore them as they were, "

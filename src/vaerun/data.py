@@ -97,6 +97,7 @@ class Dataset(Registered):
     shape: ClassVar[tuple[int, ...] | None] = None  # (C, H, W) of an image, when known up front
     train_bytes: ClassVar[int] = 4  # bytes a training value takes in memory (float32)
     missing_hint: ClassVar[str] = "set dataset.root=null to use the bundled copy"
+    digest: str | None = None  # sha256 of the uint8 images (a subclass that builds its own: none)
 
     @property
     def values(self) -> str:

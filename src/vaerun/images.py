@@ -126,11 +126,6 @@ class Images(Dataset):
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         train, test = self.split()
-        for key, files in (("n_train", train), ("n_test", test)):
-            n = getattr(self.cfg, key)
-            if n is not None and n > len(files):
-                raise ConfigError(f"dataset.{key}", n, f"must be between 1 and {len(files)} (the "
-                                  f"{key[2:]} images under {self.cfg.root})")
         if not train or len(test) < 2:  # active units are a variance over the test images
             raise DataError(f"dataset.root={self.cfg.root} gives {len(train)} training and "
                             f"{len(test)} test images; it needs 1 and 2 at least: add images")

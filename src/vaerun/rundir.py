@@ -237,7 +237,7 @@ class RunDir:
         wrong = [] if missing else [k for k, ok in {
             **{k: count(state[k], kind) for k, kind in COUNTS.items() if k in state},
             "config": isinstance(state["config"], dict), "status": isinstance(state["status"], str),
-            "data": isinstance(state.get("data", ""), str),
+            "data": isinstance(state.get("data") or "", str),
             "perm": perm is None or (isinstance(perm, torch.Tensor) and perm.dim() == 1
                                      and not perm.is_floating_point())}.items() if not ok]
         if missing or wrong:
