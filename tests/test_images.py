@@ -186,59 +186,65 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path, monkeypatch, channels
 
 @pytest.mark.parametrize("name, had", [("cifar10", []), ("celeba", []),
                                        ("celeba", ["celeba/list_eval_partition.txt"])])
-def test_a_failed_download_is_one_line_and_leaves_the_root_as_it_was(tmp_path, env, name, had):
+def test_a_failed_download_is_one_error_and_leaves_the_root_as_it_was(tmp_path, monkeypatch,
+                                                                       name, had):
     """CIFAR-10's and CelebA's downloads failing (offline; CelebA's also without gdown) were a
-    traceback, or, for CIFAR-10, a line about a full disk; now one line, nothing left."""
+    traceback, or, for CIFAR-10, an OSError the command called a full disk; now a DataError
+    (one line), nothing left."""
+    from vaerun.errors import DataError
+    from vaerun.images import CIFAR10, CelebA
+
+    for k, v in {"no_proxy": "", "https_proxy": "http://127.0.0.1:9",
+                 "http_proxy": "http://127.0.0.1:9", "XDG_CACHE_HOME": str(tmp_path / "c")}.items():
+        monkeypatch.setenv(k, v)
     root = tmp_path / "root"
     for f in had:
         (root / f).parent.mkdir(parents=True)
         (root / f).write_text("000001.jpg 0\n")
     root.mkdir(exist_ok=True)
-    before = listing(root)
-    proc = run_process(["train", f"dataset={name}", f"dataset.root={root}",
-                        "dataset.download=true", *QUICK], cwd=tmp_path,
-                       env={**env, "no_proxy": "", "https_proxy": "http://127.0.0.1:9",
-                            "http_proxy": "http://127.0.0.1:9"})
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "could not download" in lines[0], proc.stderr
+    before, cls = listing(root), {"cifar10": CIFAR10, "celeba": CelebA}[name]
+    with pytest.raises(DataError, match="could not download"):
+        cls(cls.Config(root=str(root), download=True))
     assert listing(root) == before
 
 
 @pytest.mark.parametrize("line", ["000001.jpg 0 extra", "000001.jpg", "000001.jpg 7",
                                   "000001.jpg 01", "../../../etc/hostname 0"])
-def test_a_partition_file_of_other_lines_is_one_line(tmp_path, env, line):
+def test_a_partition_file_of_other_lines_is_one_error(tmp_path, monkeypatch, line):
+    from vaerun.errors import DataError
+    from vaerun.images import CelebA
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     data = make_celeba(tmp_path / "data", n=8)
     partition = data / "celeba" / "list_eval_partition.txt"
     partition.write_text(partition.read_text() + line + "\n")
-    proc = run_process(["train", "dataset=celeba", f"dataset.root={data}", "dataset.verify=false",
-                        "dataset.size=16", *QUICK], cwd=tmp_path, env=env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "line 9" in lines[0], proc.stderr
+    with pytest.raises(DataError, match="line 9 "):
+        CelebA(CelebA.Config(root=str(data), verify=False, size=16))
 
 
-@pytest.mark.parametrize("case, args, says", [
-    ("2 files", [], "three at least"),
-    ("train/ empty", [], "gives 0 training and 2 test images"),
-    ("test/ of 1", [], "gives 2 training and 1 test images")])
-def test_a_folder_of_too_few_images_is_one_line(tmp_path, env, case, args, says):
+@pytest.mark.parametrize("case, says", [("2 files", "three at least"),
+                                        ("train/ empty", "gives 0 training and 2 test images"),
+                                        ("test/ of 1", "gives 2 training and 1 test images")])
+def test_a_folder_of_too_few_images_is_one_error(tmp_path, monkeypatch, case, says):
     """Too few images for the run were a traceback (an empty train/) or a test set of 1 (active
     units are a variance over it: 0 of 20). (dataset.n_train and n_test are at most N here: a
     folder with fewer gives what it has.)"""
     import shutil
 
-    photos, made = tmp_path / "photos", make_folder(tmp_path / "made", n=5)
-    pngs = sorted(made.rglob("*.png"))
-    for p, to in zip(pngs, {"2 files": ["", ""], "train/ empty": ["test", "test"],
-                            "test/ of 1": ["train", "train", "test"]}.get(case, [""] * 5),
+    from vaerun.errors import DataError
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    photos, made = tmp_path / "photos", make_folder(tmp_path / "made", n=3)
+    for p, to in zip(sorted(made.rglob("*.png")), {"2 files": ["", ""],
+                     "train/ empty": ["test", "test"], "test/ of 1": ["train", "train", "test"]}[case],
                      strict=False):
         (photos / to).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, photos / to / p.name)
     if case == "train/ empty":
         (photos / "train").mkdir()
-    proc = run_process(["train", "dataset=images", f"dataset.root={photos}", "dataset.size=8",
-                        *QUICK, *args], cwd=tmp_path, env=env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    with pytest.raises(DataError, match=says):
+        Images(Images.Config(root=str(photos), size=8))
 
 
 def test_a_run_is_not_resumed_or_evaluated_on_other_images(tmp_path, env):
