@@ -25,6 +25,18 @@ SMALL = ["dataset.n_train=512", "dataset.n_test=256", "trainer.epochs=2", "train
          "trainer.batch_size=64", "eval.iwae_k=4", "eval.batch_size=128"]
 
 
+def mnist_root(folder: Path) -> Path:
+    """`folder`, made, holding a copy of the bundled MNIST's .gz files: a `dataset.root` whose
+    files a test may take away."""
+    from importlib import resources
+
+    folder.mkdir()
+    for f in resources.files("vaerun.bundled").joinpath("mnist").iterdir():
+        if f.name.endswith(".gz"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
 @pytest.fixture
 def vaerun(tmp_path, monkeypatch):
     """Call `vaerun ...` in this process, from an empty working directory."""

@@ -10,7 +10,7 @@ import pickle
 import shutil
 
 import pytest
-from conftest import SMALL, run_process
+from conftest import SMALL, mnist_root, run_process
 
 
 class Marker:
@@ -282,13 +282,7 @@ def test_a_resume_refused_as_it_began_leaves_the_run_evaluable(tmp_path):
     Hydra's .hydra/config.yaml saying trainer.epochs=2 beside a checkpoint of 1: every later
     `vaerun eval` refused the run ("is not the checkpoint's config"). What a resume may change
     may differ between them; the rest must not."""
-    from importlib import resources
-
-    root = tmp_path / "data"
-    root.mkdir()
-    for f in resources.files("vaerun.bundled").joinpath("mnist").iterdir():
-        if f.name.endswith(".gz"):
-            (root / f.name).write_bytes(f.read_bytes())
+    root = mnist_root(tmp_path / "data")
     run = tmp_path / "run"
     args = [*SMALL, f"dataset.root={root}", f"hydra.run.dir={run}"]
     assert run_process(["train", *args, "trainer.epochs=1"], cwd=tmp_path).returncode == 0

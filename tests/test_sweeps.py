@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, Lines, run_process
+from conftest import SMALL, Lines, mnist_root, run_process
 
 TINY = [*SMALL, "trainer.epochs=1", "dataset.n_train=256", "dataset.n_test=128"]
 
@@ -164,13 +164,7 @@ def test_a_job_refused_in_a_worker_fails_the_command(tmp_path):
     gone) recorded its error beside the status the runs had, `finished`, and the command read
     that status: exit 0, no line. Each refused job is now a line and the status 2; when the
     data are back, the same command resumes them and clears what the refusal recorded."""
-    from importlib import resources
-
-    root = tmp_path / "data"
-    root.mkdir()
-    for f in resources.files("vaerun.bundled").joinpath("mnist").iterdir():
-        if f.name.endswith(".gz"):
-            (root / f.name).write_bytes(f.read_bytes())
+    root = mnist_root(tmp_path / "data")
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "hydra/launcher=joblib", "likelihood=gaussian",
             "likelihood.sigma=0.1,1", *TINY, f"dataset.root={root}", f"hydra.sweep.dir={sweep}"]
