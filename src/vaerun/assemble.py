@@ -294,7 +294,7 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
 def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any]
              ) -> tuple[Dataset, VAE]:
     """The data and trained VAE of a saved run (`load_config`'s config and state)."""
-    data, vae = build(cfg, resolve_device(cfg.trainer.device), new=False)
-    same_data(state, data, RunDir(run_dir))
-    RunDir(run_dir).fits(lambda: vae.load_state_dict(state["model"]))
+    rd, (data, vae) = RunDir(run_dir), build(cfg, resolve_device(cfg.trainer.device), new=False)
+    same_data(state, data, rd)
+    rd.fits(lambda: vae.load_state_dict(state["model"]))
     return data, vae

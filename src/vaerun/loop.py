@@ -32,6 +32,7 @@ from vaerun.signals import StopRequests
 from vaerun.step import TrainStep, compile_mode
 
 log = logging.getLogger("vaerun")
+FAILURE = ("error", "exit_code")  # what a failed command records in metrics.json, cleared by the next
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequests | None = None,
@@ -61,8 +62,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
             log.info("%s is already finished (epoch %d of %d); nothing to do", rd,
                      session.progress.epoch, cfg.trainer.epochs)
             metrics = rd.metrics()
-            if {"error", "exit_code"} & metrics.keys():  # an earlier command's failure
-                metrics = {k: v for k, v in metrics.items() if k not in ("error", "exit_code")}
+            if set(FAILURE) & metrics.keys():  # an earlier command's failure
+                metrics = {k: v for k, v in metrics.items() if k not in FAILURE}
                 rd.write_json(rd.METRICS, metrics)
             return metrics
         return _train(session, stop, list(compare), swept)
@@ -144,7 +145,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         s, t = self.s, self.cfg.trainer
-        for stale in ("error", "exit_code"):  # what an earlier, failed command recorded
+        for stale in FAILURE:
             self.runlog.metrics.pop(stale, None)
         if s.resumed:
             log.info("resuming %s at epoch %d, step %d", s.run_dir, self.p.epoch, self.p.step)
