@@ -217,3 +217,46 @@ def test_a_bar_in_an_override_keeps_the_report_table_whole(vaerun, tmp_path, cap
     table = [ln for ln in (sweep / "report.md").read_text().splitlines() if ln.startswith("|")]
     widths = {len(ln.replace("\\|", "").split("|")) for ln in table}
     assert len(table) == 8 and len(widths) == 2, table  # the headline table, and every metric
+
+
+def test_the_memory_check_counts_every_image_a_run_holds():
+    """CelebA's 162,770 training images (uint8) and 19,962 test images (float32) at 64×64×3,
+    not 70,000 and none; a check that the images fail names dataset.n_train."""
+    import torch
+
+    import vaerun
+    from vaerun import api
+    from vaerun.assemble import check_memory
+
+    cfg = api.compose(["dataset=celeba", "dataset.root=.", "trainer.epochs=0"])
+    with pytest.raises(vaerun.ConfigError) as e:
+        check_memory(cfg, torch.device("cpu"), have=0)
+    gb = 64 * 64 * 3 * (162770 + 4 * 19962) / 1e9
+    assert e.value.key == "dataset.n_train" and f"{gb:.3g} GB of images" in str(e.value)
+    check_memory(cfg, torch.device("cpu"), have=int(gb * 1e9) + 10**9)  # the model fits in 1 GB
+
+
+def test_images_that_do_not_fit_are_one_error_naming_dataset_n_train():
+    """More images than the device holds (here 10^13 bytes of them): one ConfigError."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    import vaerun
+    from vaerun import api
+    from vaerun.assemble import build
+    from vaerun.data import MNIST
+
+    class Vast(MNIST):  # MNIST's config, with 10^13 bytes of images: a view of one image
+        name = "test_vast"
+
+        def arrays(self):
+            one = np.zeros((1, 28, 28), np.uint8)
+            return np.broadcast_to(one, (10**13 // 784, 28, 28)), one.repeat(2, 0)
+
+    cfg = api.compose(["trainer.epochs=0"])
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, name="test_vast"))
+    with pytest.raises(vaerun.ConfigError, match="do not fit in this cpu's free memory") as e:
+        build(cfg, torch.device("cpu"))
+    assert e.value.key == "dataset.n_train"

@@ -65,11 +65,13 @@ def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     return rc
 
 
-def check_memory(cfg: RunConfig, device: torch.device) -> None:
+def check_memory(cfg: RunConfig, device: torch.device, have: int | None = None) -> None:
     """Refuse a run whose training step would not fit in the device's free memory: parameters,
     gradients, optimizer state and the checkpoint's copy of them, the activations one batch
-    keeps for the backward pass and the training data, counted on the meta device (nothing is
-    allocated)."""
+    keeps for the backward pass (counted on the meta device: nothing is allocated), and the
+    train and test images. A folder of your own images is not counted before it is read: it is
+    taken as 70,000 and 10,000 images, unless dataset.n_train and dataset.n_test say. `have`:
+    the bytes free (the device's, by default)."""
     kind = Dataset.lookup(cfg.dataset.name)
     d = math.prod(shape := kind.shape_of(cfg.dataset))
     with torch.device("meta"):
@@ -77,17 +79,22 @@ def check_memory(cfg: RunConfig, device: torch.device) -> None:
                                                                      cfg.model.link.value), shape)
     n = sum(p.numel() for p in vae.parameters())
     batch = min(cfg.trainer.batch_size, cfg.trainer.eval_batch_size)
-    need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) \
-        + kind.train_bytes * d * (cfg.dataset.n_train or 70000)
-    have = free_memory(device)
+    n_train, n_test = cfg.dataset.n_train or (kind.sizes or (70000,))[0], \
+        cfg.dataset.n_test or (kind.sizes or (0, 10000))[1]
+    data = d * (kind.train_bytes * n_train + 4 * n_test)  # the test set is float32
+    need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) + data
+    have = free_memory(device) if have is None else have
     if need > have:
-        sizes = {k: v for k, v in vars(cfg.model).items() if isinstance(v, int)}
-        key = max(sizes, key=sizes.get)
-        raise ConfigError(f"model.{key}", sizes[key], f"a training step would hold about "
-                          f"{need / 1e9:.3g} GB ({n:.3g} parameters with their gradients, "
-                          f"optimizer state and checkpoint, and a batch's activations) and this "
-                          f"{device.type} has {have / 1e9:.3g} GB free; make the model or "
-                          "trainer.batch_size smaller")
+        dims = {f"model.{k}": v for k, v in vars(cfg.model).items() if isinstance(v, int)}
+        key = "dataset.n_train" if 2 * data > need else max(dims, key=dims.get)
+        raise ConfigError(key, {**dims, "dataset.n_train": n_train}[key], f"a "
+                          f"training step would hold about {need / 1e9:.3g} GB ({n:.3g} parameters "
+                          "with their gradients, optimizer state and checkpoint, a batch's "
+                          f"activations, and {data / 1e9:.3g} GB of images) and this {device.type} "
+                          f"has {have / 1e9:.3g} GB free; make the model, trainer.batch_size or "
+                          "dataset.n_train smaller" + ("" if cfg.dataset.n_train or kind.sizes else
+                                                       " (a folder's images are counted as 70000 "
+                                                       "before they are read: give their number)"))
 
 
 def build(cfg: RunConfig, device: torch.device, new: bool = True) -> tuple[Dataset, VAE]:
@@ -104,6 +111,11 @@ def build(cfg: RunConfig, device: torch.device, new: bool = True) -> tuple[Datas
                  "nothing, as its records may not choose where a download writes: a new run "
                  "with this dataset.root downloads it")
         raise DataError(f"{e}{later if not new and cfg.dataset.download else ''}") from None
+    except (MemoryError, torch.OutOfMemoryError) as e:  # more images than the count checked
+        raise ConfigError("dataset.n_train", cfg.dataset.n_train, f"the images of dataset="
+                          f"{cfg.dataset.name} do not fit in this {device.type}'s free memory "
+                          f"({type(e).__name__}); set dataset.n_train (and n_test) smaller, or "
+                          "trainer.device=cpu") from None
     lik_cfg = cfg.likelihood
     if cfg.loss.recon == Recon.sse:
         implied = objective(cfg, data.dim).implied(cfg.trainer.batch_size)["implied_sigma"]

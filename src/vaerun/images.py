@@ -264,6 +264,7 @@ class CelebA(Images):
     -cropped to 148 and resized to 64 as usual; decoded once and cached like dataset=images."""
 
     name = "celeba"
+    sizes = (162770, 19962)  # partitions 0 and 2 of list_eval_partition.txt
     missing_hint = ("put torchvision's celeba/ there (img_align_celeba/ and "
                     "list_eval_partition.txt), or add dataset.download=true")
     PARTITION_MD5 = "d32c9cbf5e040fd4025c592c306e6668"  # torchvision's CelebA.file_list
