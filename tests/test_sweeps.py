@@ -181,3 +181,35 @@ def test_a_job_refused_in_a_worker_fails_the_command(tmp_path):
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     runs = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
     assert all("exit_code" not in metrics(r) and metrics(r)["status"] == "finished" for r in runs)
+
+
+def test_a_worker_refused_by_the_lock_of_another_command_leaves_its_record(tmp_path):
+    """A launcher's worker whose job another command holds (it took the folder after the
+    gate's check) is refused, and must not write its failure into the record that command
+    owns: it writes only under the folder's lock."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from vaerun import api, gate
+
+    run = tmp_path / "run"
+    api.train([*TINY, "trainer.epochs=1", "eval.iwae_k=0"], run_dir=run)
+    before = (run / "metrics.json").read_bytes()
+    holder = subprocess.Popen(  # another command: it holds the folder's lock
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", run],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with api.kept(), gate.composer():
+            cfg = compose("train", [*TINY, "trainer.epochs=1", "eval.iwae_k=0",
+                                    "trainer.resume=true"], return_hydra_config=True)
+            with open_dict(cfg):
+                cfg.hydra.runtime.output_dir = str(run)
+            HydraConfig.instance().set_config(cfg)
+            assert api.TrainTask(None, None)(cfg) == 2  # a worker's call: no plan of its own
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert (run / "metrics.json").read_bytes() == before

@@ -150,8 +150,8 @@ class TrainTask:
             self.done[rd.path] = done
             if done.code > 128:  # a stop signal: no further job
                 raise SystemExit(done.code)
-        elif done.code:
-            with contextlib.suppress(UserError):
+        elif done.code:  # under the lock: not into a record another command holds now
+            with contextlib.suppress(UserError), rd.locked("record"):
                 rd.write_json(rd.METRICS, {"status": "failed", **rd.metrics(),
                                            "exit_code": done.code, "error": str(done.error)})
             if done.code > 128 and slurm.job_id():  # stopped, checkpoint written: requeue
