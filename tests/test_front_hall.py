@@ -288,6 +288,28 @@ def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("call", [
+    lambda: vaerun.train(["--cfg", "job"]),  # ran nothing, then a ValueError
+    lambda: vaerun.train(["--info=defaults"]),
+    lambda: vaerun.train(["--help"]),  # Hydra's SystemExit(0)
+    lambda: vaerun.train(["--hydra-help"]),
+    lambda: vaerun.compose(["-cd"]),  # took compose's own --cfg for the folder (the line
+    # then said "missing EQUAL")
+    lambda: vaerun.train(None),  # TypeErrors, and "" a folder: the working directory
+    lambda: vaerun.train(["trainer.epochs=0"], run_dir=""),
+    lambda: vaerun.train(["trainer.epochs=0"], run_dir=123),
+    lambda: vaerun.evaluate(None),
+    lambda: vaerun.evaluate(""),
+    lambda: vaerun.report(""),
+    lambda: vaerun.implied_sigma({"trainer": 1})])
+def test_odd_arguments_from_python_raise_a_user_error(tmp_path, monkeypatch, call):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".vaerun").write_text('{"vaerun": 1, "kind": "sweep"}')  # even where "" is one
+    with pytest.raises(vaerun.UserError, match="give|shows something|-cd takes a value"):
+        call()
+    assert [p.name for p in tmp_path.iterdir()] == [".vaerun"]
+
 def test_the_loss_pieces_of_a_line_of_ones_own():
     cfg = vaerun.compose(["recipe=antixk"])
     assert vaerun.implied_sigma(cfg) == pytest.approx((0.00025 * 784 / 2) ** 0.5)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vaerun import gate
-from vaerun.config import is_number
+from vaerun.config import RunConfig, is_number
 from vaerun.errors import Interrupted, Refused, RunFailed, UserError
 from vaerun.rundir import RunDir, write_error
 
@@ -58,14 +58,29 @@ def kept() -> Iterator[None]:
 
 
 def one_run(overrides: Sequence[str]) -> list[str]:
-    """The overrides of one run, as a list of strings (a UserError otherwise)."""
-    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides):
+    """The overrides of one run, as a list of strings (a UserError otherwise): no sweep, and
+    no flag that only shows something (--cfg, --info, --help: vaerun.compose gives the config)."""
+    given = None if isinstance(overrides, (str, bytes)) or not isinstance(
+        overrides, Sequence) else list(overrides)
+    if given is None or not all(isinstance(o, str) for o in given):
         raise UserError(f"overrides={overrides!r}: give a list of strings, e.g. "
                         "['likelihood=gaussian', 'likelihood.sigma=0.1']")
-    if {"-m", "--multirun"} & set(overrides):
+    if {"-m", "--multirun"} & set(given):
         raise UserError("vaerun.train and vaerun.compose take one run: call them for each point "
                         "of a sweep")
-    return list(overrides)
+    if shows := [o for o in given if gate.FLAGS.get(o.partition("=")[0]) not in (None, (),
+                                                                               "multirun")]:
+        raise UserError(f"{shows[0]} shows something on the command line and runs nothing; from "
+                        "Python, print(vaerun.compose(overrides)) shows the config")
+    return given
+
+
+def folder(key: str, path: Any) -> str:
+    """A folder argument as a path string (a UserError otherwise)."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str) \
+            or not os.fspath(path):
+        raise UserError(f"{key}={path!r}: give the path of a folder (a str or a pathlib.Path)")
+    return os.fspath(path)
 
 
 def compose(overrides: Sequence[str] = ()) -> Any:
@@ -80,7 +95,8 @@ def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = Non
     Raises UserError for bad input, RunFailed if it fails, Interrupted on a stop signal."""
     from vaerun.signals import StopRequests
 
-    where = [f"hydra.run.dir={gate.hydra_quoted(os.fspath(run_dir))}"] if run_dir else []
+    where = [] if run_dir is None else [
+        f"hydra.run.dir={gate.hydra_quoted(folder('run_dir', run_dir))}"]
     with StopRequests() as stop:
         (done,) = run_train([*one_run(overrides), *where], stop)
     if isinstance(done.error, BaseException):
@@ -208,7 +224,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
     from vaerun.logs import RunLog
     from vaerun.signals import StopRequests
 
-    rd = RunDir(run_dir)
+    rd = RunDir(folder("run_dir", run_dir))
     ckpt = rd.file(rd.CHECKPOINT)
     for bad, why in ((not rd.path.is_dir(), "is not a directory"),
                      (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
@@ -234,7 +250,7 @@ def report(sweep_dir: str | os.PathLike) -> list[Path]:
     """Tables and figures of every run below `sweep_dir`, written into it; their paths."""
     from vaerun.reporting import report as write_report
 
-    return write_report(RunDir(sweep_dir))
+    return write_report(RunDir(folder("sweep_dir", sweep_dir)))
 
 
 def objective(cfg: Any) -> Any:
@@ -243,6 +259,8 @@ def objective(cfg: Any) -> Any:
     from vaerun.assemble import objective as of
     from vaerun.data import Dataset
 
+    if not isinstance(cfg, RunConfig):
+        raise UserError(f"cfg={cfg!r:.80}: give the config vaerun.compose(overrides) returns")
     return of(cfg, math.prod(Dataset.lookup(cfg.dataset.name).shape_of(cfg.dataset)))
 
 

@@ -92,7 +92,8 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
             raise UserError(f"{name} is not a flag vaerun passes to Hydra (only "
                             f"{', '.join(FLAGS)}); remove it")
         if isinstance(kind, tuple) and not eq:
-            value = rest.pop(0) if rest and (not kind or rest[0] in kind) else kind[0] if \
+            value = rest.pop(0) if rest and not rest[0].startswith("-") and (
+                not kind or rest[0] in kind) else kind[0] if \
                 name == "--info" else None
         takes = "no value" if isinstance(kind, str) else f"one of {', '.join(kind)}" if kind \
             else "a value"
