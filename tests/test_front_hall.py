@@ -275,6 +275,19 @@ def test_two_trainings_in_one_process_return_their_metrics_and_leave_it_as_it_wa
             signal.signal(s, h)
 
 
+
+def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path):
+    """A notebook seeds torch, trains, then draws: the draw must be the one its seed gives (a
+    run seeds torch's global generator with trainer.seed, and an evaluation draws from it)."""
+    import torch
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    vaerun.train([*SMALL, "trainer.epochs=1", "trainer.seed=7"], run_dir=tmp_path / "a")
+    vaerun.evaluate(tmp_path / "a", ["eval.iwae_k=3"])
+    assert torch.equal(torch.rand(3), expected)
+
 def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(vaerun.ConfigError, match="did you mean trainer.epochs"):

@@ -80,12 +80,13 @@ def map_torch_constants() -> int:
 @contextlib.contextmanager
 def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
-    """The settings of the module docstring for the block; threads, determinism and the
-    environment are as they were afterwards."""
+    """The settings of the module docstring for the block; threads, determinism, the
+    environment and torch's random streams (a run seeds them) are as they were afterwards."""
     old_threads = torch.get_num_threads()
     old_det = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
     old_env = os.environ.get(CUBLAS)
+    rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         map_torch_constants()
@@ -97,6 +98,9 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     try:
         yield
     finally:
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], device)
         torch.set_num_threads(old_threads)
         if deterministic:  # (the call imports torch._inductor: only where it changed anything)
             torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
