@@ -78,3 +78,10 @@ def test_a_deterministic_cuda_run_repeats_itself(tmp_path):
         got.append(metrics(run))
     for key in ("test/elbo", "test/nll_iwae", "test/kl"):
         assert got[0][key] == got[1][key], key
+
+
+def test_a_cuda_device_this_machine_lacks_is_one_error(tmp_path):
+    n = torch.cuda.device_count()
+    proc = run_process(["train", *SMALL, f"trainer.device=cuda:{n}"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: trainer.device=")
+    assert f"cuda:0 to cuda:{n - 1}" in proc.stderr and "Traceback" not in proc.stderr

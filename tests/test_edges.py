@@ -260,3 +260,12 @@ def test_images_that_do_not_fit_are_one_error_naming_dataset_n_train():
     with pytest.raises(vaerun.ConfigError, match="do not fit in this cpu's free memory") as e:
         build(cfg, torch.device("cpu"))
     assert e.value.key == "dataset.n_train"
+
+
+@pytest.mark.parametrize("device", ["cuda:abc", "cuda:-1", "cuda: 1", "cuda:"])
+def test_a_device_name_torch_cannot_read_is_one_error(device):
+    """torch.device() raises on these: on a GPU machine that was a traceback at the run's start."""
+    import vaerun
+
+    with pytest.raises(vaerun.ConfigError, match="choose auto, cpu, cuda, cuda:N or mps"):
+        vaerun.compose([f"trainer.device='{device}'"])

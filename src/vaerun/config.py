@@ -175,7 +175,8 @@ class TrainerConfig:
             require_seed(f"{key}.seed", self.seed)
         require(str(self.compile).lower() in ("auto", "true", "false"), f"{key}.compile",
                 self.compile, "choose auto (capture the step on CUDA), true or false")
-        ok = self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ok = self.device in ("auto", "cpu", "cuda", "mps") or (
+            self.device.startswith("cuda:") and self.device[5:].isdecimal())
         require(ok, f"{key}.device", self.device, "choose auto, cpu, cuda, cuda:N or mps")
 
 

@@ -35,6 +35,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.device", name, "CUDA is not available here; use "
                           "trainer.device=cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= (n := torch.cuda.device_count()):
+        raise ConfigError("trainer.device", name, f"this machine has {n} CUDA device(s), "
+                          f"cuda:0 to cuda:{n - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", name, "MPS is not available here; use cpu or auto")
     return torch.device(name)
