@@ -139,3 +139,20 @@ def test_a_step_compiled_wrong_is_caught_at_its_first_step_and_undone(tmp_path, 
     assert all(torch.equal(caught[k], eager[k]) for k in eager)
     a, b = (runs[c].s.meter.means() for c in ("false", "true"))
     assert a == b
+
+
+def test_a_compiled_run_hands_the_compilers_settings_back(tmp_path, monkeypatch):
+    """The captured step needs two of torch's compiler settings; a notebook's own
+    torch.compile afterwards gets its own back (docs/python.md: the process is left as it was)."""
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    import vaerun
+
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    monkeypatch.setattr(dynamo, "trace_autograd_ops", False)  # a process's own, whatever the
+    monkeypatch.setattr(inductor, "fallback_random", False)  # tests before this one left
+    m = vaerun.train([*SMALL, "trainer.epochs=1", "eval.quality_images=0", "eval.iwae_k=0",
+                      "trainer.compile=true"], run_dir=tmp_path / "run")
+    assert m["status"] == "finished" and "time/compile_seconds" not in m  # (a TensorBoard tag)
+    assert (dynamo.trace_autograd_ops, inductor.fallback_random) == (False, False)

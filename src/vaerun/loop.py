@@ -97,6 +97,8 @@ def _train(session: Session, stop: StopRequests, compare: list[str], swept: bool
     except BaseException:
         runlog.close(quiet=True)
         raise
+    finally:
+        trainer.train_step.close()
     runlog.close()
     return metrics
 

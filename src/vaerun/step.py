@@ -17,6 +17,7 @@ the same either way and a run may resume eager or compiled. Eager, the step is t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -59,6 +60,7 @@ class TrainStep:
                  compile_mode: str | None):
         self.vae, self.opt, self.loss = vae, opt, Loss(vae, objective)
         self.compiled, lik = None, vae.likelihood
+        self.settings = contextlib.ExitStack()  # the compiler's, for the run: `close()` after
         with torch.no_grad():  # the names of the sums, in elbo_terms' order
             dev = vae.prior_loc.device
             out = torch.zeros(1, lik.params_per_pixel * lik.dim, device=dev)
@@ -70,12 +72,18 @@ class TrainStep:
                 log.warning("trainer.compile: %s; training eager", why)
             else:
                 torch._dynamo.reset()  # this run's step: a sweep's jobs in one process each
-                torch._dynamo.config.trace_autograd_ops = True  # backward() in the graph
-                torch._inductor.config.fallback_random = True  # eager's random numbers
+                self.settings.enter_context(torch._dynamo.config.patch(
+                    trace_autograd_ops=True))  # backward() in the graph
+                self.settings.enter_context(torch._inductor.config.patch(
+                    fallback_random=True))  # eager's random numbers
                 self.compiled = torch.compile(self.functional, fullgraph=True, backend=self.backend,
                                               mode=compile_mode or None)
                 self.lrs = [torch.tensor(float(g["lr"]), device=g["params"][0].device)
                             for g in opt.param_groups]
+
+    def close(self) -> None:
+        """Hand torch's compiler settings back as the run found them."""
+        self.settings.close()
 
     def why_not_compiled(self) -> str:
         groups = self.opt.param_groups
