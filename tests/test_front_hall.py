@@ -288,6 +288,44 @@ def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path):
     vaerun.evaluate(tmp_path / "a", ["eval.iwae_k=3"])
     assert torch.equal(torch.rand(3), expected)
 
+
+def test_a_notebook_of_float64_gets_the_float32_run_and_its_own_dtype_back(tmp_path):
+    """torch.set_default_dtype(torch.float64), common in a scientific notebook, made every
+    run fail at its first step (float weights against float images), and Hydra then raised
+    SystemExit(1)."""
+    import torch
+
+    args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=5"]
+    plain = vaerun.train(args, run_dir=tmp_path / "plain")
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = vaerun.train(args, run_dir=tmp_path / "wide")
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert wide["test/elbo"] == plain["test/elbo"] and wide["test/nll_iwae"] == plain["test/nll_iwae"]
+
+
+def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,
+                                                                        capsys):
+    """An error no check foresaw (here one put into the loop) reached Hydra, which printed it
+    and raised SystemExit(1): from Python, the error itself is raised, with its traceback, and
+    the run's log holds it too; the command line says it in one line, exit 1."""
+    from vaerun import loop
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(loop, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        vaerun.train([*SMALL, "trainer.epochs=1"], run_dir=tmp_path / "run")
+    assert "RuntimeError: a bug" in (tmp_path / "run" / "train.log").read_text()
+    from vaerun.cli import main
+
+    assert main(["train", *SMALL, f"hydra.run.dir={tmp_path / 'cli'}"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        "error: RuntimeError: a bug, an error vaerun did not foresee")
+
 def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(vaerun.ConfigError, match="did you mean trainer.epochs"):

@@ -211,6 +211,9 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
                 if not rd.file(rd.CHECKPOINT).exists():
                     shutil.rmtree(rd.path, ignore_errors=True)
         return Outcome(rd.path, e.exit_code, e)
+    except Exception as e:  # noqa: BLE001 (a bug: its traceback in the log, the error raised
+        log.exception("the run failed on an error vaerun did not foresee")  # by vaerun.train)
+        return Outcome(rd.path, 1, e)
 
 
 def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: Any = None

@@ -83,13 +83,16 @@ def map_torch_constants() -> int:
 @contextlib.contextmanager
 def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
-    """The settings of the module docstring for the block; threads, determinism, the
-    environment and torch's random streams (a run seeds them) are as they were afterwards."""
+    """The settings of the module docstring for the block, and float32 as torch's default
+    dtype (a notebook may have chosen float64); threads, determinism, the environment, the
+    default dtype and torch's random streams (a run seeds them) are as they were afterwards."""
     old_threads = torch.get_num_threads()
     old_det = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
     old_env = os.environ.get(CUBLAS)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    old_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         map_torch_constants()
@@ -101,6 +104,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     try:
         yield
     finally:
+        torch.set_default_dtype(old_dtype)
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
             torch.cuda.set_rng_state(rng[1], device)
