@@ -289,21 +289,26 @@ def test_a_call_leaves_the_callers_random_stream_as_it_was(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_a_notebook_of_float64_gets_the_float32_run_and_its_own_dtype_back(tmp_path):
-    """torch.set_default_dtype(torch.float64), common in a scientific notebook, made every
-    run fail at its first step (float weights against float images), and Hydra then raised
-    SystemExit(1)."""
+def test_a_notebooks_torch_defaults_give_the_same_run_and_are_handed_back(tmp_path):
+    """torch.set_default_dtype(torch.float64), common in a scientific notebook, made every run
+    fail at its first step (float weights against float images), and Hydra then raised
+    SystemExit(1); torch.set_default_device (here "meta", on a GPU machine often "cuda") put
+    the model where the data are not."""
     import torch
 
     args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=5"]
     plain = vaerun.train(args, run_dir=tmp_path / "plain")
     torch.set_default_dtype(torch.float64)
+    torch.set_default_device("meta")
     try:
-        wide = vaerun.train(args, run_dir=tmp_path / "wide")
+        other = vaerun.train(args, run_dir=tmp_path / "other")
         assert torch.get_default_dtype() == torch.float64
+        assert torch.get_default_device() == torch.device("meta")
     finally:
         torch.set_default_dtype(torch.float32)
-    assert wide["test/elbo"] == plain["test/elbo"] and wide["test/nll_iwae"] == plain["test/nll_iwae"]
+        torch.set_default_device(None)
+    assert other["test/elbo"] == plain["test/elbo"]
+    assert other["test/nll_iwae"] == plain["test/nll_iwae"]
 
 
 def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,

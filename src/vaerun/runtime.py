@@ -83,16 +83,19 @@ def map_torch_constants() -> int:
 @contextlib.contextmanager
 def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
-    """The settings of the module docstring for the block, and float32 as torch's default
-    dtype (a notebook may have chosen float64); threads, determinism, the environment, the
-    default dtype and torch's random streams (a run seeds them) are as they were afterwards."""
+    """The settings of the module docstring for the block, with torch's own defaults for
+    dtype and device (a notebook may have chosen float64, or cuda); threads, determinism, the
+    environment, those defaults and torch's random streams (a run seeds them) are as they
+    were afterwards."""
     old_threads = torch.get_num_threads()
     old_det = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
     old_env = os.environ.get(CUBLAS)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    old_dtype = torch.get_default_dtype()
+    old_dtype, old_device = torch.get_default_dtype(), torch.get_default_device()
     torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
+    if old_device.type != "cpu":  # a run puts its tensors on `device` itself
+        torch.set_default_device(None)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         map_torch_constants()
@@ -105,6 +108,8 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
         yield
     finally:
         torch.set_default_dtype(old_dtype)
+        if old_device.type != "cpu":
+            torch.set_default_device(old_device)
         torch.set_rng_state(rng[0])
         if rng[1] is not None:
             torch.cuda.set_rng_state(rng[1], device)
