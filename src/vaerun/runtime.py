@@ -105,7 +105,8 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
         os.environ.setdefault(CUBLAS, ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with torch.inference_mode(False), torch.enable_grad():  # a caller's no_grad: not a run's
+            yield
     finally:
         torch.set_default_dtype(old_dtype)
         if old_device.type != "cpu":
