@@ -76,6 +76,21 @@ def test_the_report_reads_files_and_builds_no_model(vaerun, tmp_path):
         assert (sweep / name).stat().st_size > 1000, name
     kl = json.loads(next(sweep.glob("*/kl_per_dim.json")).read_text())
     assert len(kl["measured"]) == 20 and len(kl["ppca"]) == 20
+    # from a notebook, whose matplotlib backend (inline, here svg) must stay its own: the
+    # report switched it to Agg for the rest of the session, and nothing showed any more
+    done = subprocess.run([sys.executable, "-c", REPORT_IN_A_NOTEBOOK, str(sweep)], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["svg", "False", "7"], done.stderr
+
+
+REPORT_IN_A_NOTEBOOK = """
+import sys
+import matplotlib
+matplotlib.use("svg")
+import vaerun
+paths = vaerun.report(sys.argv[1])
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules, len(paths))
+"""
 
 
 def test_odd_records_are_drawn_as_text_or_left_out(vaerun, tmp_path):

@@ -10,14 +10,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.ticker as mticker
+from matplotlib.figure import Figure  # not pyplot: a notebook's own backend stays as it is
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as mticker  # noqa: E402
-
-from vaerun.rundir import read_json  # noqa: E402
-from vaerun.sweeps import Group, is_number, number, swept_numeric_key  # noqa: E402
+from vaerun.rundir import read_json
+from vaerun.sweeps import Group, is_number, number, swept_numeric_key
 
 SWEEP_METRICS = ["test/elbo", "test/kl", "test/active_units", "test/mse", "test/sigma_optimal",
                  "test/nll_iwae", "test/bits_per_dim"]
@@ -26,10 +23,15 @@ DATA_NAMES = {"8bit": "8-bit grey levels", "continuous": "dequantised 8-bit",
               "binary": "binarised"}
 
 
+def subplots(*layout: int, figsize: tuple[float, float], squeeze: bool = True) -> tuple:
+    """A figure of its own (no pyplot: no backend chosen, nothing kept) and its axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*layout, squeeze=squeeze)
+
+
 def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -43,7 +45,7 @@ def log_axis(ax, which: str, values: list[float]) -> None:
 
 
 def rate_distortion(groups: list[Group]) -> bytes:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     xs = []
     for i, g in enumerate(groups):
         pts = [(r.metrics.get("test/mse"), r.metrics.get("test/kl")) for r in g.runs]
@@ -102,7 +104,7 @@ def sweep(groups: list[Group], keys: list[str]) -> bytes:
     x_key = swept_numeric_key(groups, keys)
     metrics = [m for m in SWEEP_METRICS if any(g.values(m) for g in groups)]
     cols = max(1, len(metrics))
-    fig, axes = plt.subplots(1, cols, figsize=(3.3 * cols, 3.4), squeeze=False)
+    fig, axes = subplots(1, cols, figsize=(3.3 * cols, 3.4), squeeze=False)
     series, refs = _series(groups, x_key)
     xs = [number(g.get(x_key)) for gs in series.values() for g in gs] if x_key else []
     for ax, m in zip(axes[0], metrics, strict=False):
@@ -134,7 +136,7 @@ def curves(groups: list[Group]) -> bytes:
     after each epoch (markers), seeds averaged; a run of one epoch still draws a curve."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     for i, g in enumerate(groups):
         for split, style in (("train", {"lw": 0.8, "alpha": 0.6}), ("test", {"marker": "o", "ms": 3})):
             runs = []
@@ -163,7 +165,7 @@ def bits_per_dim(groups: list[Group]) -> bytes:
     rows = [(g, g.mean_std("test/bits_per_dim"), g.mean_std("test/bits_per_dim_elbo"))
             for g in groups if g.values("test/bits_per_dim")]
     rows.sort(key=lambda r: r[1][0])
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
+    fig, ax = subplots(figsize=(7.5, 0.45 * len(rows) + 1.4))
     y = list(range(len(rows)))
     elbo = [e[0] for _, _, e in rows]
     iwae = [b[0] for _, b, _ in rows]
@@ -186,7 +188,7 @@ def bits_per_dim(groups: list[Group]) -> bytes:
 def quality(groups: list[Group]) -> bytes:
     """The two axes, one point per group: bits/dim (likelihood) against the Fréchet distance
     of its decoder means of z ~ p(z) (sample quality), labelled, with ± over seeds."""
-    fig, ax = plt.subplots(figsize=(11, 5))
+    fig, ax = subplots(figsize=(11, 5))
     for i, g in enumerate(groups):
         (x, ex), (y, ey) = g.mean_std("test/fid_mean"), g.mean_std("test/bits_per_dim")
         if math.isnan(x) or math.isnan(y):
@@ -228,7 +230,7 @@ def samples(groups: list[Group]) -> bytes:
     images/reconstructions.png, as its evaluation drew them."""
     from PIL import Image
 
-    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 1.9 * len(groups) + 0.5), squeeze=False)
+    fig, axes = subplots(len(groups), 1, figsize=(11, 1.9 * len(groups) + 0.5), squeeze=False)
     for row, (ax, g) in enumerate(zip(axes[:, 0], groups, strict=True)):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -266,7 +268,7 @@ def kl_per_dim(groups: list[Group]) -> bytes:
     shown = [g for g in groups if g.values("test/ppca_kl")]
     cols = min(5, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, g in zip(axes.flat, shown, strict=False):

@@ -120,9 +120,11 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
 def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
     """The report's figures. Their labels are the runs' recorded values, drawn as plain text:
     matplotlib would read two `$` in one as TeX (a value `$a$_^` failed the whole report)."""
+    import matplotlib
+
     from vaerun import plots  # matplotlib: loaded only once there is a report to draw
 
-    with plots.plt.rc_context({"text.parse_math": False}):
+    with matplotlib.rc_context({"text.parse_math": False}):
         out = {"rate_distortion.png": plots.rate_distortion(groups),
                "sweep.png": plots.sweep(groups, keys),
                "curves.png": plots.curves(groups),
