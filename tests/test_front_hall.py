@@ -333,6 +333,30 @@ def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         "error: RuntimeError: a bug, an error vaerun did not foresee")
 
+
+def test_calls_from_two_threads_run_one_at_a_time(tmp_path):
+    """Hydra's state and torch's settings are the process's: the second of two trainings
+    started in threads failed with "GlobalHydra is already initialized"."""
+    import threading
+
+    got = {}
+
+    def train(name: str, *extra: str) -> None:
+        try:
+            got[name] = vaerun.train([*SMALL, "trainer.epochs=1", *extra], run_dir=tmp_path / name)
+        except Exception as e:  # noqa: BLE001 (the test's: what it raised, compared below)
+            got[name] = e
+
+    threads = [threading.Thread(target=train, args=("a",)),
+               threading.Thread(target=train, args=("b", "likelihood=gaussian")),
+               threading.Thread(target=lambda: got.setdefault("cfg", vaerun.compose(["beta=2"])))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got["a"]["status"] == got["b"]["status"] == "finished", got
+    assert "test/sigma" in got["b"] and got["cfg"].beta == 2.0
+
 def test_bad_input_raises_a_user_error_never_system_exit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(vaerun.ConfigError, match="did you mean trainer.epochs"):

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from vaerun.errors import Interrupted, Refused, RunFailed, UserError
 from vaerun.rundir import RunDir, write_error
 
 log = logging.getLogger("vaerun")
+CALLS = threading.RLock()  # held by each call: one at a time in a process
 
 
 @dataclass
@@ -42,19 +44,22 @@ class Outcome:
 
 @contextlib.contextmanager
 def kept() -> Iterator[None]:
-    """Hydra's global state, the root logger's handlers and level, and sys.argv as they were."""
+    """One call at a time in a process (Hydra's state and torch's settings are the process's:
+    a call from another thread waits), and Hydra's global state, the root logger's handlers
+    and level, and sys.argv as they were."""
     from hydra.core.singleton import Singleton
 
-    state, argv, root = Singleton.get_state(), sys.argv, logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        for h in set(root.handlers) - set(handlers):
-            h.close()
-        root.handlers[:], sys.argv = handlers, argv
-        root.setLevel(level)
-        Singleton.set_state(state)
+    with CALLS:
+        state, argv, root = Singleton.get_state(), sys.argv, logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            yield
+        finally:
+            for h in set(root.handlers) - set(handlers):
+                h.close()
+            root.handlers[:], sys.argv = handlers, argv
+            root.setLevel(level)
+            Singleton.set_state(state)
 
 
 def one_run(overrides: Sequence[str]) -> list[str]:
@@ -236,7 +241,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
     rd.check_links("run_dir")
     values = {p.key_or_group: p.value() for p in gate.parse(one_run(overrides), False)}
-    with (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
+    with CALLS, (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
@@ -253,7 +258,8 @@ def report(sweep_dir: str | os.PathLike) -> list[Path]:
     """Tables and figures of every run below `sweep_dir`, written into it; their paths."""
     from vaerun.reporting import report as write_report
 
-    return write_report(RunDir(folder("sweep_dir", sweep_dir)))
+    with CALLS:
+        return write_report(RunDir(folder("sweep_dir", sweep_dir)))
 
 
 def objective(cfg: Any) -> Any:
