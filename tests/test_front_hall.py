@@ -235,6 +235,29 @@ def test_a_report_never_writes_into_a_folder_it_did_not_make(finished, tmp_path)
     assert (mine / "report.md").read_text() == "my own notes"
 
 
+
+def test_runs_of_a_folder_of_ones_own_are_reported_into_a_new_folder(tmp_path, capsys):
+    """docs/python.md's way: runs trained with vaerun.train into a folder of the user's, which
+    carries no vaerun marker, so their report was refused with no way round it. out= names a
+    new folder for it (or one of vaerun's reports), and the user's folder is left as it was."""
+    from vaerun.cli import main
+
+    mine = tmp_path / "mine"
+    for sigma in ("0.1", "1"):
+        vaerun.train(["likelihood=gaussian", f"likelihood.sigma={sigma}", *SMALL,
+                      "trainer.epochs=1", "eval.quality_images=0"], run_dir=mine / f"s={sigma}")
+    (mine / "notes.txt").write_text("mine")
+    before = listing(mine)
+    with pytest.raises(vaerun.UserError, match="out=DIR"):
+        vaerun.report(mine)
+    paths = vaerun.report(mine, out=tmp_path / "report")
+    assert {p.name for p in paths} >= {"report.md", "report.csv", "sweep.png"}
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| likelihood.sigma |" in text and "| 0.1 | 1 |" in text and "| 1 | 1 |" in text
+    assert main(["report", f"sweep_dir={mine}", f"out={tmp_path / 'report'}"]) == 0  # again
+    assert main(["report", f"sweep_dir={mine}", f"out={mine}"]) == 2  # a folder of yours
+    assert "out=" in capsys.readouterr().err and listing(mine) == before
+
 def test_a_resolver_built_from_an_interpolation_is_refused(tmp_path):
     env = {**os.environ, "VAERUN_SECRET": "s3cr3t"}
     refused(["train", *SMALL, "loss.name=env", "loss.written='${oc.${loss.name}:VAERUN_SECRET}'"],

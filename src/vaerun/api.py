@@ -254,12 +254,14 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
                 runlog.close(quiet=True)
 
 
-def report(sweep_dir: str | os.PathLike) -> list[Path]:
-    """Tables and figures of every run below `sweep_dir`, written into it; their paths."""
+def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+    """Tables and figures of every run below `sweep_dir`, written into it (a sweep's folder),
+    or into `out` (a new folder: for runs of your own folder, e.g. a notebook's); their paths."""
     from vaerun.reporting import report as write_report
 
     with CALLS:
-        return write_report(RunDir(folder("sweep_dir", sweep_dir)))
+        return write_report(RunDir(folder("sweep_dir", sweep_dir)),
+                            None if out is None else RunDir(folder("out", out)))
 
 
 def objective(cfg: Any) -> Any:

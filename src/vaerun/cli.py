@@ -21,13 +21,13 @@ commands:
              vaerun train -m likelihood=gaussian likelihood.sigma=0.05,0.1,0.3,1
   eval     evaluate a finished run (IWAE log-likelihood, bits/dim, active units, pictures)
              vaerun eval run_dir=outputs/... eval.iwae_k=5000
-  report   tables and plots over a sweep
+  report   tables and plots over a sweep (or runs of one folder of yours, into out=)
              vaerun report sweep_dir=outputs/multirun/...
 
 Compare runs with: tensorboard --logdir outputs
 """
 COMMANDS = {"train": "", "eval": "run_dir=PATH [eval.iwae_k=K] [trainer.device=cpu]",
-            "report": "sweep_dir=PATH"}
+            "report": "sweep_dir=PATH [out=PATH]"}
 
 
 def error(msg: str, code: int = 2) -> int:
@@ -88,9 +88,10 @@ def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
         print(f"merged into {run_dir}/metrics.json and its TensorBoard events")
         return 0
     sweep_dir, extra = folder(args, "sweep_dir")
-    if extra:
-        raise UserError(f"unexpected argument {extra[0]!r}; usage: vaerun report sweep_dir=PATH")
-    for p in api.report(sweep_dir):
+    if other := [a for a in extra if a.split("=", 1)[0] != "out"]:
+        raise UserError(f"unexpected argument {other[0]!r}; usage: vaerun report "
+                        f"{COMMANDS['report']}")
+    for p in api.report(sweep_dir, folder(extra, "out")[0] if extra else None):
         print(f"wrote {p}")
     return 0
 

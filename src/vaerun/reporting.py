@@ -138,8 +138,9 @@ def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
     return out
 
 
-def report(rd: RunDir) -> list[Path]:
-    """Write every report file into the sweep's folder (one vaerun made); their paths."""
+def report(rd: RunDir, out: RunDir | None = None) -> list[Path]:
+    """Write every report file into the sweep's folder (one vaerun made), or into `out` (a new
+    folder, or one of vaerun's reports); their paths."""
     where = rd.given
     if not rd.path.is_dir():
         raise UserError(f"sweep_dir={where} is not a directory; give a multirun directory "
@@ -148,10 +149,13 @@ def report(rd: RunDir) -> list[Path]:
     if not runs:
         raise UserError(f"sweep_dir={where} holds no runs (no vaerun run below it); give a "
                         "directory made by vaerun train -m")
-    if rd.kind() not in ("sweep", "run"):
+    if out is None and rd.kind() not in ("sweep", "run"):
         raise UserError(f"sweep_dir={where} is not a folder vaerun made (no .vaerun marker), and a "
-                        "report writes only into vaerun's own; give the sweep's folder itself")
+                        "report writes only into vaerun's own; give the sweep's folder itself, or "
+                        "out=DIR, a new folder for the report (vaerun.report(..., out=DIR))")
     rd.check_links("sweep_dir")
+    if out is not None:
+        out.check_place("out", "report")
     keys = varying_keys([r for r in runs if not r.problem])
     finished = [r for r in runs if r.status == "finished"]
     groups = group_runs(finished, keys)
@@ -162,4 +166,6 @@ def report(rd: RunDir) -> list[Path]:
                                    [r for r in runs if r.status != "finished"]).encode()}
     if groups:
         files.update(figures(groups, keys))
-    return [rd.write(name, data) for name, data in files.items()]  # all made: now written
+    if out is not None:
+        out.mark("report")
+    return [(out or rd).write(name, data) for name, data in files.items()]  # all made: written
