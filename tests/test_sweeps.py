@@ -228,3 +228,27 @@ def test_a_worker_refused_by_the_lock_of_another_command_leaves_its_record(tmp_p
         holder.stdin.close()
         holder.wait()
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_log_axes_read_in_powers_of_ten_and_recorded_values_as_plain_text(tmp_path, monkeypatch):
+    """The report drew every label as plain text so that a recorded value with two `$` was not
+    read as TeX; that made every log axis's ticks read `$\\mathdefault{10^{2}}$`, in the
+    sigma sweep's figure above all. Now only the recorded values are plain text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaerun import plots, reporting
+    from vaerun.sweeps import Group, Run
+
+    drawn = []
+    monkeypatch.setattr(plots, "png", lambda fig: drawn.append(fig) or b"")
+    groups = [Group((("likelihood.sigma", str(s)), ("tag", tag)), [Run(
+        tmp_path, {}, {"status": "finished", "test/elbo": -1000 * s, "test/kl": 10 / s,
+                       "test/mse": s / 10})]) for s in (0.01, 0.1, 1) for tag in ("$a$_^", "b")]
+    reporting.figures(groups, ["likelihood.sigma", "tag"])
+    sweep = drawn[1]
+    FigureCanvasAgg(sweep).draw()
+    ticks = [t for ax in sweep.axes for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert any("10^{" in t.get_text() for t in ticks)
+    assert all(t.get_parse_math() for t in ticks if "$" in t.get_text())  # 10², not its TeX
+    legend = [t.get_text() for t in sweep.legends[0].get_texts()]
+    assert "measured (tag=\\$a\\$_^)" in legend  # drawn as the value, `$` and all

@@ -119,22 +119,23 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
 
 def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
     """The report's figures. Their labels are the runs' recorded values, drawn as plain text:
-    matplotlib would read two `$` in one as TeX (a value `$a$_^` failed the whole report)."""
-    import matplotlib
-
+    matplotlib would read two `$` in one as TeX (a value `$a$_^` failed the whole report), so
+    each `$` of them is escaped; the axes' own labels (10² on a log axis) stay TeX."""
     from vaerun import plots  # matplotlib: loaded only once there is a report to draw
 
-    with matplotlib.rc_context({"text.parse_math": False}):
-        out = {"rate_distortion.png": plots.rate_distortion(groups),
-               "sweep.png": plots.sweep(groups, keys),
-               "curves.png": plots.curves(groups),
-               "samples.png": plots.samples(groups)}
-        if any(g.values("test/bits_per_dim") for g in groups):
-            out["bits_per_dim.png"] = plots.bits_per_dim(groups)
-        if any(g.values("test/ppca_kl") for g in groups):
-            out["kl_per_dim.png"] = plots.kl_per_dim(groups)
-        if any(g.values("test/fid_mean") and g.values("test/bits_per_dim") for g in groups):
-            out["quality.png"] = plots.quality(groups)
+    plain = lambda s: str(s).replace("$", "\\$")  # noqa: E731
+    groups = [Group(tuple((plain(k), plain(v)) for k, v in g.key), g.runs) for g in groups]
+    keys = [plain(k) for k in keys]
+    out = {"rate_distortion.png": plots.rate_distortion(groups),
+           "sweep.png": plots.sweep(groups, keys),
+           "curves.png": plots.curves(groups),
+           "samples.png": plots.samples(groups)}
+    if any(g.values("test/bits_per_dim") for g in groups):
+        out["bits_per_dim.png"] = plots.bits_per_dim(groups)
+    if any(g.values("test/ppca_kl") for g in groups):
+        out["kl_per_dim.png"] = plots.kl_per_dim(groups)
+    if any(g.values("test/fid_mean") and g.values("test/bits_per_dim") for g in groups):
+        out["quality.png"] = plots.quality(groups)
     return out
 
 
