@@ -257,6 +257,8 @@ def test_runs_of_a_folder_of_ones_own_are_reported_into_a_new_folder(tmp_path, c
     assert main(["report", f"sweep_dir={mine}", f"out={tmp_path / 'report'}"]) == 0  # again
     assert main(["report", f"sweep_dir={mine}", f"out={mine}"]) == 2  # a folder of yours
     assert "out=" in capsys.readouterr().err and listing(mine) == before
+    assert main(["report", f"sweep_dir={mine}", f"out={mine / 's=1'}"]) == 2  # a run
+    assert "is a vaerun run, not a report" in capsys.readouterr().err and listing(mine) == before
 
 def test_a_resolver_built_from_an_interpolation_is_refused(tmp_path):
     env = {**os.environ, "VAERUN_SECRET": "s3cr3t"}

@@ -61,7 +61,7 @@ def folder(args: list[str], key: str) -> tuple[str, list[str]]:
         raise UserError(f"{bad[0]!r} is not key=value; {usage}")
     paths = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key]
     if not paths or not paths[-1]:
-        raise UserError(f"{key} is required: {usage}")
+        raise UserError(f"{key} {'needs a path' if paths else 'is required'}: {usage}")
     return paths[-1], [a for a in args if a.split("=", 1)[0] != key]
 
 

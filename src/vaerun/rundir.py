@@ -130,6 +130,8 @@ class RunDir:
                  f"{here} is a system folder; choose a folder of your own, e.g. under outputs/"),
                 (self.path.exists() and not self.path.is_dir(),
                  f"{here} is a file, not a folder; choose another path"),
+                (names and self.kind() not in (kind, None), f"{here} is a vaerun "
+                 f"{self.kind()}, not a {kind}: choose another folder"),
                 (names and self.kind() != kind, f"{here} holds files vaerun did not write "
                  f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}; no vaerun {kind} "
                  f"marker); a {kind} directory is new, empty or vaerun's own: choose another")):
