@@ -260,6 +260,15 @@ def test_runs_of_a_folder_of_ones_own_are_reported_into_a_new_folder(tmp_path, c
     assert main(["report", f"sweep_dir={mine}", f"out={mine / 's=1'}"]) == 2  # a run
     assert "is a vaerun run, not a report" in capsys.readouterr().err and listing(mine) == before
 
+
+@pytest.mark.parametrize("key", ["hydra.launcher.backend=threading", "hydra.launcher.prefer=threads",
+                                 "hydra.launcher.require=sharedmem"])
+def test_jobs_as_threads_of_one_process_are_refused(tmp_path, key):
+    """joblib's threads run a sweep's jobs in one process, where they share torch's thread
+    count, default dtype and random streams: two runs of one seed could differ."""
+    refused(["train", "-m", "hydra/launcher=joblib", key, "trainer.seed=1,2", *SMALL], tmp_path,
+            key.split("=")[0])
+
 def test_a_resolver_built_from_an_interpolation_is_refused(tmp_path):
     env = {**os.environ, "VAERUN_SECRET": "s3cr3t"}
     refused(["train", *SMALL, "loss.name=env", "loss.written='${oc.${loss.name}:VAERUN_SECRET}'"],

@@ -37,6 +37,8 @@ FLAGS = {"-m": "multirun", "--multirun": "multirun", "--cfg": ("job", "hydra", "
          "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
 NAMES = {"-c": "--cfg", "-cn": "--config-name", "-cd": "--config-dir", "-m": "--multirun"}
 YOURS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.searchpath", "hydra.launcher")
+THREADS = {"hydra.launcher.backend": "threading", "hydra.launcher.prefer": "threads",
+           "hydra.launcher.require": "sharedmem"}  # joblib's ways to run jobs as threads
 COMPUTED = ("hydra.runtime", "hydra.overrides", "hydra.job.override_dirname")
 PLAIN, NOW = re.compile(r"\$\{[\w.\[\]-]+\}"), re.compile(r"\$\{now:[^${}]*\}")
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"
@@ -117,6 +119,10 @@ def allow(key: str, value: Any) -> None:
                 value if isinstance(value, list) else [] if value is None else [value])):
         raise ConfigError(key, value, "a search path is folders, each file://PATH (pkg:// and "
                           "structured:// import a module; -cd DIR adds a folder)")
+    if THREADS.get(key) == str(value).strip("'\""):
+        raise ConfigError(key, value, "it runs a sweep's jobs as threads of one process, which "
+                          "would share torch's settings and random streams; leave it out "
+                          "(joblib's default runs each job in a process of its own)")
     if not key.startswith("hydra") or key == "hydra/launcher" or any(
             key == k or key.startswith((k + ".", k + "[")) for k in YOURS) and "._" not in key:
         return
