@@ -93,9 +93,6 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     old_env = os.environ.get(CUBLAS)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     old_dtype, old_device = torch.get_default_dtype(), torch.get_default_device()
-    torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
-    if old_device.type != "cpu":  # a run puts its tensors on `device` itself
-        torch.set_default_device(None)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         map_torch_constants()
@@ -104,6 +101,9 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     if deterministic:
         os.environ.setdefault(CUBLAS, ":4096:8")
         torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
+    if old_device.type != "cpu":  # a run puts its tensors on `device` itself
+        torch.set_default_device(None)
     try:
         with torch.inference_mode(False), torch.enable_grad():  # a caller's no_grad: not a run's
             yield
