@@ -440,3 +440,4 @@ def test_the_readmes_python_example_runs_as_written(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "| likelihood.sigma |" in (tmp_path / "outputs/python-report/report.md").read_text()
