@@ -198,15 +198,27 @@ def test_a_job_refused_in_a_worker_fails_the_command(tmp_path):
     assert all("exit_code" not in metrics(r) and metrics(r)["status"] == "finished" for r in runs)
 
 
-def test_a_worker_refused_by_the_lock_of_another_command_leaves_its_record(tmp_path):
-    """A launcher's worker whose job another command holds (it took the folder after the
-    gate's check) is refused, and must not write its failure into the record that command
-    owns: it writes only under the folder's lock."""
+def as_a_worker(run: Path, overrides: list[str]) -> int:
+    """Hydra's task called on `run` as a launcher's worker calls it (no plan of its own)."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from vaerun import api, gate
+
+    with api.kept(), gate.composer():
+        cfg = compose("train", overrides, return_hydra_config=True)
+        with open_dict(cfg):  # what Hydra sets for a job it runs
+            cfg.hydra.runtime.output_dir, cfg.hydra.job.num = str(run), 0
+        HydraConfig.instance().set_config(cfg)
+        return api.TrainTask(None, None)(cfg)
+
+
+def test_a_worker_refused_by_the_lock_of_another_command_leaves_its_record(tmp_path):
+    """A launcher's worker whose job another command holds (it took the folder after the
+    gate's check) is refused, and must not write its failure into the record that command
+    owns: it writes only under the folder's lock."""
+    from vaerun import api
 
     run = tmp_path / "run"
     api.train([*TINY, "trainer.epochs=1", "eval.iwae_k=0"], run_dir=run)
@@ -217,17 +229,28 @@ def test_a_worker_refused_by_the_lock_of_another_command_leaves_its_record(tmp_p
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        with api.kept(), gate.composer():
-            cfg = compose("train", [*TINY, "trainer.epochs=1", "eval.iwae_k=0",
-                                    "trainer.resume=true"], return_hydra_config=True)
-            with open_dict(cfg):
-                cfg.hydra.runtime.output_dir = str(run)
-            HydraConfig.instance().set_config(cfg)
-            assert api.TrainTask(None, None)(cfg) == 2  # a worker's call: no plan of its own
+        assert as_a_worker(run, [*TINY, "trainer.epochs=1", "eval.iwae_k=0",
+                                 "trainer.resume=true"]) == 2
     finally:
         holder.stdin.close()
         holder.wait()
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_a_bug_in_a_workers_job_is_recorded_with_its_type_and_where_its_traceback_is(
+        tmp_path, monkeypatch):
+    """The parent prints what the worker recorded: for a bug, its type as well as its
+    message, as the line of a job run in the command's own process says it."""
+    from vaerun import loop
+
+    def broken(*args, **kwargs):
+        raise KeyError("x")
+
+    monkeypatch.setattr(loop, "train", broken)
+    run = tmp_path / "run"
+    assert as_a_worker(run, [*TINY]) == 1
+    assert metrics(run)["exit_code"] == 1 and metrics(run)["error"] == (
+        f"KeyError: 'x', an error vaerun did not foresee (its traceback is in {run}/train.log)")
 
 
 def test_log_axes_read_in_powers_of_ten_and_recorded_values_as_plain_text(tmp_path, monkeypatch):

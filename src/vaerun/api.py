@@ -41,6 +41,15 @@ class Outcome:
     error: BaseException | str | None = None
     here: bool = True
 
+    @property
+    def why(self) -> str:
+        """The error as one line: a bug (an error of no kind vaerun raises) with its type."""
+        e = self.error
+        if isinstance(e, Exception) and not isinstance(e, (UserError, RunFailed, Interrupted)):
+            return (f"{type(e).__name__}: {e}, an error vaerun did not foresee (its traceback "
+                    f"is in {self.folder / RunDir.LOG})")
+        return str(e)
+
 
 @contextlib.contextmanager
 def kept() -> Iterator[None]:
@@ -174,7 +183,7 @@ class TrainTask:
         elif done.code:  # under the lock: not into a record another command holds now
             with contextlib.suppress(UserError), rd.locked("record"):
                 rd.write_json(rd.METRICS, {"status": "failed", **rd.metrics(),
-                                           "exit_code": done.code, "error": str(done.error)})
+                                           "exit_code": done.code, "error": done.why})
             if done.code > 128 and slurm.job_id():  # stopped, checkpoint written: requeue
                 slurm.hand_back(done.code)
                 raise SystemExit(done.code)

@@ -67,16 +67,13 @@ def folder(args: list[str], key: str) -> tuple[str, list[str]]:
 
 def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
     from vaerun import api
-    from vaerun.errors import Interrupted, RunFailed, UserError
+    from vaerun.errors import UserError
 
     if name == "train":
         outcomes = api.run_train(args, stop)
         for o in outcomes:
-            bug = isinstance(o.error, Exception) and not isinstance(o.error, (
-                UserError, RunFailed, Interrupted))
             if o.code and not (o.here and o.code > 128):
-                error(f"{type(o.error).__name__}: {o.error}, an error vaerun did not foresee (its "
-                      f"traceback is in {o.folder}/train.log)" if bug else str(o.error), o.code)
+                error(o.why, o.code)
         return max((o.code for o in outcomes), default=0)
     if name == "eval":
         logging.basicConfig(level=logging.INFO, stream=sys.stdout,  # the format of training's log
