@@ -236,6 +236,27 @@ def test_the_memory_check_counts_every_image_a_run_holds():
     check_memory(cfg, torch.device("cpu"), have=int(gb * 1e9) + 10**9)  # the model fits in 1 GB
 
 
+
+def test_the_memory_check_counts_the_runs_float32_in_a_float64_notebook():
+    """A run is float32 whatever torch's default dtype (runtime.applied); its memory check
+    measured the activations in the caller's float64, twice the bytes."""
+    import torch
+
+    import vaerun
+    from vaerun.assemble import check_memory
+
+    cfg = vaerun.compose(["model.hidden=[4000]", "trainer.batch_size=2000"])
+    said = []
+    for dtype in (torch.float32, torch.float64):
+        torch.set_default_dtype(dtype)
+        try:
+            with pytest.raises(vaerun.ConfigError) as e:
+                check_memory(cfg, torch.device("cpu"), have=0)
+        finally:
+            torch.set_default_dtype(torch.float32)
+        said.append(str(e.value))
+    assert said[0] == said[1], said
+
 def test_images_that_do_not_fit_are_one_error_naming_dataset_n_train():
     """More images than the device holds (here 10^13 bytes of them): one ConfigError."""
     import dataclasses

@@ -33,7 +33,7 @@ from vaerun.errors import ConfigError, DataError, Refused, UserError
 from vaerun.likelihoods import Likelihood
 from vaerun.model import VAE
 from vaerun.rundir import RunDir
-from vaerun.runtime import free_memory, resolve_device, threads
+from vaerun.runtime import applied, free_memory, resolve_device, threads
 
 log = logging.getLogger("vaerun")
 
@@ -74,15 +74,15 @@ def check_memory(cfg: RunConfig, device: torch.device, have: int | None = None) 
     the bytes free (the device's, by default)."""
     kind = Dataset.lookup(cfg.dataset.name)
     d = math.prod(shape := kind.shape_of(cfg.dataset))
-    with torch.device("meta"):
+    with applied(device, None), torch.device("meta"):  # the run's dtype: float32
         vae = VAE(cfg.model, Likelihood.lookup(cfg.likelihood.name)(cfg.likelihood, d,
                                                                      cfg.model.link.value), shape)
+        steps = step_bytes(vae, objective(cfg, d), cfg.trainer.batch_size)
     n = sum(p.numel() for p in vae.parameters())
-    batch = min(cfg.trainer.batch_size, cfg.trainer.eval_batch_size)
     n_train, n_test = cfg.dataset.n_train or (kind.sizes or (70000,))[0], \
         cfg.dataset.n_test or (kind.sizes or (0, 10000))[1]
     data = d * (kind.train_bytes * n_train + 4 * n_test)  # the test set is float32
-    need = 28 * n + step_bytes(vae, objective(cfg, d), max(batch, cfg.trainer.batch_size)) + data
+    need = 28 * n + steps + data
     have = free_memory(device) if have is None else have
     if need > have:
         dims = {f"model.{k}": v for k, v in vars(cfg.model).items() if isinstance(v, int)}
