@@ -79,11 +79,11 @@ def one_run(overrides: Sequence[str]) -> list[str]:
     if given is None or not all(isinstance(o, str) for o in given):
         raise UserError(f"overrides={overrides!r}: give a list of strings, e.g. "
                         "['likelihood=gaussian', 'likelihood.sigma=0.1']")
-    if {"-m", "--multirun"} & set(given):
+    flags = gate.read_args(given)[0]  # the gate's own reading of the flags
+    if "--multirun" in flags:
         raise UserError("vaerun.train and vaerun.compose take one run: call them for each point "
                         "of a sweep")
-    if shows := [o for o in given if gate.FLAGS.get(o.partition("=")[0]) not in (None, (),
-                                                                               "multirun")]:
+    if shows := [f for f in gate.SHOWS if f in flags]:
         raise UserError(f"{shows[0]} shows something on the command line and runs nothing; from "
                         "Python, print(vaerun.compose(overrides)) shows the config")
     return given

@@ -35,6 +35,7 @@ FLAGS = {"-m": "multirun", "--multirun": "multirun", "--cfg": ("job", "hydra", "
          "-c": ("job", "hydra", "all"), "--resolve": "resolve", "-cn": (), "--config-name": (),
          "-cd": (), "--config-dir": (), "-h": "help", "--help": "help", "--hydra-help": "help",
          "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
+SHOWS = ("--help", "--cfg", "--info")  # the flags (as read_args names them) that run no job
 NAMES = {"-c": "--cfg", "-cn": "--config-name", "-cd": "--config-dir", "-m": "--multirun"}
 YOURS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.searchpath", "hydra.launcher")
 THREADS = {"hydra.launcher.backend": "threading", "hydra.launcher.prefer": "threads",
@@ -77,7 +78,7 @@ class Plan:
 
     @property
     def shows(self) -> bool:  # Hydra only shows something (help, a config): no job runs
-        return any(k in self.flags for k in ("--help", "--cfg", "--info"))
+        return any(k in self.flags for k in SHOWS)
 
 
 def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
