@@ -347,6 +347,42 @@ def test_a_notebooks_torch_defaults_give_the_same_run_and_are_handed_back(tmp_pa
     assert other["test/nll_iwae"] == plain["test/nll_iwae"]
 
 
+def test_a_notebooks_matmul_precision_gives_the_same_run_and_is_handed_back(tmp_path):
+    """torch.set_float32_matmul_precision("medium") (or "high"), which Lightning's warning tells
+    every GPU notebook to call, carried into a run: on a CPU with AVX-512 BF16 its matrix
+    products ran in bfloat16 (on a GPU in TF32), so the notebook's numbers were not the
+    command's. A run computes as a fresh process does; the notebook's setting is handed back,
+    whichever of torch's two ways set it."""
+    import torch
+
+    args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=5"]
+    plain = vaerun.train(args, run_dir=tmp_path / "plain")
+    assert torch.get_float32_matmul_precision() == "highest"
+    try:
+        torch.set_float32_matmul_precision("medium")
+        medium = vaerun.train(args, run_dir=tmp_path / "medium")
+        assert torch.get_float32_matmul_precision() == "medium"
+        torch.backends.mkldnn.fp32_precision = "bf16"  # torch's newer way, one per backend
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        backends = torch.backends.mkldnn.matmul, torch.backends.mkldnn, torch.backends.cudnn.conv
+        before = [b.fp32_precision for b in backends]
+        bf16 = vaerun.train(args, run_dir=tmp_path / "bf16")
+        assert [b.fp32_precision for b in backends] == before
+    finally:  # a fresh process's
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.mkldnn.fp32_precision = torch.backends.cudnn.fp32_precision = "none"
+        for b in (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul):
+            b.fp32_precision = "none"
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
+    assert torch.get_float32_matmul_precision() == "highest"
+    def numbers(run):  # (here bfloat16 moved test/kl by 1e-7: small MNIST weights)
+        return {k: v for k, v in run.items() if k.startswith(("test/", "train/"))
+                and not k.endswith("seconds")}
+
+    assert numbers(medium) == numbers(plain)
+    assert numbers(bf16) == numbers(plain)
+
+
 def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,
                                                                         capsys):
     """An error no check foresaw (here one put into the loop) reached Hydra, which printed it
