@@ -184,6 +184,28 @@ def test_a_16_bit_grey_png_is_scaled_not_clipped(tmp_path, monkeypatch, channels
     assert torch.equal(data.train.view(channels, 16)[-1], want)
 
 
+def test_a_photos_exif_orientation_is_applied(tmp_path, monkeypatch):
+    """A phone stores a portrait photo as the sensor read it, with an EXIF Orientation tag
+    saying how to turn it (6: a quarter turn clockwise); viewers apply it, Pillow does not. The
+    images were decoded on their side. Here the stored left half is white: shown, the top."""
+    from PIL import Image
+
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored = np.zeros((16, 16), dtype=np.uint8)
+    stored[:, :8] = 255
+    for i in range(3):
+        exif = Image.Exif()
+        exif[0x0112] = 6  # Orientation: rotate 90° clockwise to show
+        Image.fromarray(stored).save(folder / f"{i}.jpg", quality=100, exif=exif)
+    shown = Images(Images.Config(root=str(folder), size=16, channels=1)).train.view(-1, 16, 16)[0].float()
+    assert shown[:6].mean() > 250 and shown[-6:].mean() < 5  # white on top, black below
+    assert (shown[:, :8].mean() - shown[:, 8:].mean()).abs() < 1  # not left and right
+
+
 @pytest.mark.parametrize("name, had", [("cifar10", []), ("celeba", []),
                                        ("celeba", ["celeba/list_eval_partition.txt"])])
 def test_a_failed_download_is_one_error_and_leaves_the_root_as_it_was(tmp_path, monkeypatch,

@@ -43,7 +43,8 @@ from vaerun.rundir import write_atomic
 log = logging.getLogger("vaerun")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of a 16-bit grey PNG
-CACHE_VERSION = 2  # what a cached array is: bump it when decoding changes (2: 16-bit grey)
+CACHE_VERSION = 3  # what a cached array is: bump it when decoding changes (2: 16-bit grey,
+#                   3: EXIF orientation)
 
 
 def cache_dir() -> Path:
@@ -175,12 +176,13 @@ class Images(Dataset):
 
     def decode(self, path: Path) -> np.ndarray:
         """One image file as a [C, size, size] uint8 array."""
-        from PIL import Image
+        from PIL import Image, ImageOps
         from torchvision.transforms import functional as F
 
         c = self.cfg
         try:
             with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)  # a photo as viewers show it (EXIF Orientation)
                 if img.mode in WIDE:  # 16-bit grey: scaled to 8 bits (Pillow's convert clips)
                     img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64).clip(
                         0, 65535) / 257).astype(np.uint8))
