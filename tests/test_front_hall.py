@@ -347,12 +347,18 @@ def test_a_notebooks_torch_defaults_give_the_same_run_and_are_handed_back(tmp_pa
     assert other["test/nll_iwae"] == plain["test/nll_iwae"]
 
 
+def numbers(run: dict) -> dict:
+    """A run's metrics but its timings."""
+    return {k: v for k, v in run.items() if k.startswith(("test/", "train/"))
+            and not k.endswith("seconds")}
+
+
 def test_a_notebooks_matmul_precision_gives_the_same_run_and_is_handed_back(tmp_path):
     """torch.set_float32_matmul_precision("medium") (or "high"), which Lightning's warning tells
     every GPU notebook to call, carried into a run: on a CPU with AVX-512 BF16 its matrix
     products ran in bfloat16 (on a GPU in TF32), so the notebook's numbers were not the
-    command's. A run computes as a fresh process does; the notebook's setting is handed back,
-    whichever of torch's two ways set it."""
+    command's (here test/kl moved by 1e-7). A run computes as a fresh process does; the
+    notebook's setting is handed back, whichever of torch's two ways set it."""
     import torch
 
     args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=5"]
@@ -375,12 +381,26 @@ def test_a_notebooks_matmul_precision_gives_the_same_run_and_is_handed_back(tmp_
             b.fp32_precision = "none"
         torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
     assert torch.get_float32_matmul_precision() == "highest"
-    def numbers(run):  # (here bfloat16 moved test/kl by 1e-7: small MNIST weights)
-        return {k: v for k, v in run.items() if k.startswith(("test/", "train/"))
-                and not k.endswith("seconds")}
-
     assert numbers(medium) == numbers(plain)
     assert numbers(bf16) == numbers(plain)
+
+
+def test_a_notebooks_backend_switches_give_the_same_run_and_are_handed_back(tmp_path):
+    """torch.backends.mkldnn.enabled = False (a workaround some notebooks carry) sent a conv
+    run's transposed convolutions down another CPU path, which moved its numbers (by 1e-6 a
+    layer); cudnn.benchmark = True, the usual advice for speed, picks a GPU's convolution
+    algorithms by timing them. A run has torch's defaults; the notebook's are handed back."""
+    import torch
+
+    args = [*SMALL, "model=conv", "trainer.epochs=1", "eval.iwae_k=5"]
+    plain = vaerun.train(args, run_dir=tmp_path / "plain")
+    try:
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = False, True
+        other = vaerun.train(args, run_dir=tmp_path / "other")
+        assert (torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark) == (False, True)
+    finally:
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = True, False
+    assert numbers(other) == numbers(plain)
 
 
 def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,

@@ -9,9 +9,11 @@
 - torch's constant tables mapped (`map_torch_constants`), on the CPU only: its AVX-512 kernels
   read constants with masked loads, and on AMD Zen 4 a masked load of a page never mapped yet
   takes a slow path every time, which made torch.log1p ~10x slower.
-- float32 arithmetic as a fresh process has it (`PRECISION`, torch's defaults): a notebook's
+- torch's backends as a fresh process has them (`BACKENDS`, torch's defaults): a notebook's
   `torch.set_float32_matmul_precision("medium")` runs matrix products in bfloat16 on a CPU with
-  AVX-512 BF16 and in TF32 on a GPU, and would change the run's numbers.
+  AVX-512 BF16 and in TF32 on a GPU, `torch.backends.mkldnn.enabled = False` changes the CPU's
+  transposed convolutions, `cudnn.benchmark = True` the GPU's choice of algorithm: each would
+  change the run's numbers.
 - `trainer.deterministic`: torch.use_deterministic_algorithms, with the cuBLAS workspace setting
   it needs made before the run's first CUDA work.
 """
@@ -24,6 +26,7 @@ import functools
 import operator
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -31,8 +34,11 @@ from vaerun import slurm
 from vaerun.errors import ConfigError
 
 CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
-PRECISION = {"mkldnn.matmul": "ieee", "mkldnn.conv": "ieee", "mkldnn.rnn": "ieee",  # float32
-             "cuda.matmul": "ieee", "cudnn.conv": "tf32", "cudnn.rnn": "tf32"}  # (cuDNN: TF32)
+BACKENDS = {"mkldnn.enabled": True, "cudnn.enabled": True, "cudnn.benchmark": False,
+            "cudnn.deterministic": False, "mkldnn.matmul.fp32_precision": "ieee",  # float32,
+            "mkldnn.conv.fp32_precision": "ieee", "mkldnn.rnn.fp32_precision": "ieee",
+            "cuda.matmul.fp32_precision": "ieee", "cudnn.conv.fp32_precision": "tf32",
+            "cudnn.rnn.fp32_precision": "tf32"}  # but TF32 in cuDNN: torch's defaults
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,10 +92,16 @@ def map_torch_constants() -> int:
     return done
 
 
-def precision(values: dict[str, str]) -> None:
-    """Set each backend's float32 precision (`torch.backends.mkldnn.matmul.fp32_precision`)."""
+def backends(values: dict[str, Any]) -> dict[str, Any]:
+    """Set torch.backends' settings (`mkldnn.matmul.fp32_precision`: a key under torch.backends);
+    those they replace."""
+    old = {}
     for key, value in values.items():
-        operator.attrgetter(key)(torch.backends).fp32_precision = value
+        parent, _, name = key.rpartition(".")
+        node = operator.attrgetter(parent)(torch.backends)
+        old[key] = getattr(node, name)
+        setattr(node, name, value)
+    return old
 
 
 @contextlib.contextmanager
@@ -97,7 +109,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
     """The settings of the module docstring for the block, with torch's own defaults for
     dtype and device (a notebook may have chosen float64, or cuda); threads, determinism, the
-    environment, those defaults, the float32 precision and torch's random streams (a run seeds
+    environment, those defaults, torch's backends and random streams (a run seeds
     them) are as they were afterwards."""
     old_threads = torch.get_num_threads()
     old_det = (torch.are_deterministic_algorithms_enabled(),
@@ -105,8 +117,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     old_env = os.environ.get(CUBLAS)
     rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     old_dtype, old_device = torch.get_default_dtype(), torch.get_default_device()
-    old_precision = {k: operator.attrgetter(k)(torch.backends).fp32_precision for k in PRECISION}
-    precision(PRECISION)
+    old_backends = backends(BACKENDS)
     if device.type == "cpu":
         torch.set_flush_denormal(True)
         map_torch_constants()
@@ -123,7 +134,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
             yield
     finally:
         torch.set_default_dtype(old_dtype)
-        precision(old_precision)
+        backends(old_backends)
         if old_device.type != "cpu":
             torch.set_default_device(old_device)
         torch.set_rng_state(rng[0])
