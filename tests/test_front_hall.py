@@ -5,6 +5,7 @@ nothing of the user's changed (a listing of names, sizes and times before and af
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -303,7 +304,9 @@ def test_two_trainings_in_one_process_return_their_metrics_and_leave_it_as_it_wa
         assert root.handlers == handlers and torch.get_num_threads() == threads
         assert not GlobalHydra.instance().is_initialized()
         again = vaerun.evaluate(tmp_path / "a", ["eval.iwae_k=3"])
-        assert again["iwae_k"] == 3
+        assert again["test/iwae_k"] == 3  # named as train's metrics and metrics.json name it
+        recorded = json.loads((tmp_path / "a" / "metrics.json").read_text())
+        assert again["test/nll_iwae"] == recorded["test/nll_iwae"] != a["test/nll_iwae"]
     finally:
         for s, h in old.items():
             signal.signal(s, h)

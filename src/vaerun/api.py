@@ -233,7 +233,8 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
 def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: Any = None
              ) -> dict[str, float]:
     """Evaluate a saved run again into its own records, holding its lock (`vaerun eval
-    run_dir=... eval.iwae_k=5000`); its test metrics. `overrides`: eval.* and the keys that
+    run_dir=... eval.iwae_k=5000`); the values it measured, named as in metrics.json
+    (`test/nll_iwae`). `overrides`: eval.* and the keys that
     never change a result (trainer.device, trainer.threads)."""
     from vaerun import runtime
     from vaerun.assemble import load_config, load_run
@@ -258,7 +259,8 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
             rd.claim()
             runlog = RunLog(rd)
             try:
-                return evaluate_run(vae, data, cfg, runlog, state["step"], poll=stop.check)
+                got = evaluate_run(vae, data, cfg, runlog, state["step"], poll=stop.check)
+                return {f"test/{k}": v for k, v in got.items()}
             finally:
                 runlog.close(quiet=True)
 

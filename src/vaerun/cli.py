@@ -81,7 +81,7 @@ def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
         run_dir, overrides = folder(args, "run_dir")
         metrics = api.evaluate(run_dir, overrides, stop)
         for k, v in metrics.items():
-            print(f"test/{k} = {v:.6g}")
+            print(f"{k} = {v:.6g}")
         print(f"merged into {run_dir}/metrics.json and its TensorBoard events")
         return 0
     sweep_dir, extra = folder(args, "sweep_dir")
