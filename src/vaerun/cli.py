@@ -50,7 +50,7 @@ def quiet_thread_write_errors() -> Iterator[None]:
         threading.excepthook = old
 
 
-def folder(args: list[str], key: str) -> tuple[str, list[str]]:
+def path_arg(args: list[str], key: str) -> tuple[str, list[str]]:
     """`key=PATH` out of a command's words (the rest are overrides); a UserError without it."""
     from vaerun.errors import UserError
 
@@ -78,17 +78,17 @@ def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
     if name == "eval":
         logging.basicConfig(level=logging.INFO, stream=sys.stdout,  # the format of training's log
                             format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        run_dir, overrides = folder(args, "run_dir")
+        run_dir, overrides = path_arg(args, "run_dir")
         metrics = api.evaluate(run_dir, overrides, stop)
         for k, v in metrics.items():
             print(f"{k} = {v:.6g}")
         print(f"merged into {run_dir}/metrics.json and its TensorBoard events")
         return 0
-    sweep_dir, extra = folder(args, "sweep_dir")
+    sweep_dir, extra = path_arg(args, "sweep_dir")
     if other := [a for a in extra if a.split("=", 1)[0] != "out"]:
         raise UserError(f"unexpected argument {other[0]!r}; usage: vaerun report "
                         f"{COMMANDS['report']}")
-    for p in api.report(sweep_dir, folder(extra, "out")[0] if extra else None):
+    for p in api.report(sweep_dir, path_arg(extra, "out")[0] if extra else None):
         print(f"wrote {p}")
     return 0
 
