@@ -6,6 +6,11 @@ raises `vaerun.UserError` (`vaerun.ConfigError` naming a key). Loaded when first
 `import vaerun` (and `vaerun --help`) stays light.
 """
 
+import sys
+
+if sys.platform == "win32":  # a run's folder is locked with flock, stopped by POSIX signals
+    raise ImportError("vaerun runs on Linux and macOS; on Windows, install and run it in WSL")
+
 __version__ = "0.2.0"
 API = ("train", "evaluate", "report", "compose", "objective", "implied_sigma", "implied_beta")
 ERRORS = ("UserError", "ConfigError", "Refused", "DataError", "RunFailed", "NonFiniteError",
