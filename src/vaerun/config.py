@@ -3,7 +3,8 @@ merges each part of a composed config onto its dataclass schema (a wrong type or
 fails here), bounds every number (`bounded`, one rule for all keys) and runs each `check()`.
 Pluggable parts (dataset, likelihood, model, scheduler) subclass `Registered`: a new one is one
 small class plus one yaml file. What does not change a result is said once, as field metadata
-(NEUTRAL: never changes a number; RESUMABLE: may change when a run resumes): `free_keys()`.
+(NEUTRAL: changes no result, but for float rounding where threads or the device split sums
+otherwise; RESUMABLE: may change when a run resumes): `free_keys()`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ PARTS = ("likelihood", "dataset", "model", "scheduler")
 TOP_KEYS = (*PARTS, "optimizer", "trainer", "eval", "beta", "loss")
 FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38  # the normal float32 range
 MAX_INT = 2**63 - 1  # torch's integers (and seeds)
-NEUTRAL = {"result": False}  # field metadata: this key never changes a number
+NEUTRAL = {"result": False}  # field metadata: this key changes no result (but float rounding)
 RESUMABLE = {"resume": True}  # this key may change when a run resumes
 
 
