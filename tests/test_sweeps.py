@@ -275,3 +275,25 @@ def test_log_axes_read_in_powers_of_ten_and_recorded_values_as_plain_text(tmp_pa
     assert all(t.get_parse_math() for t in ticks if "$" in t.get_text())  # 10², not its TeX
     legend = [t.get_text() for t in sweep.legends[0].get_texts()]
     assert "measured (tag=\\$a\\$_^)" in legend  # drawn as the value, `$` and all
+
+
+def test_a_metric_the_same_in_every_run_is_said_once_and_never_lost(tmp_path):
+    """Metrics with one value in every run leave the tables for a line of their own; only the
+    headline ones were written there, so a constant test/iwae_k (k of the bound) vanished from
+    report.md, and where no headline metric was constant the line read "The same in every
+    run: ." """
+    from vaerun import reporting
+    from vaerun.sweeps import Group, Run
+
+    def group(sigma: float, kl: float) -> Group:
+        return Group((("likelihood.sigma", str(sigma)),), [Run(tmp_path, {}, {
+            "status": "finished", "test/elbo": -100 * sigma, "test/kl": kl, "test/iwae_k": 3})])
+
+    metrics = ["test/elbo", "test/kl", "test/iwae_k"]
+    text = reporting.markdown_text(tmp_path, [group(0.1, 1), group(1, 2)],
+                                   ["likelihood.sigma"], metrics, [])
+    assert "run: ." not in text
+    assert "iwae_k (samples) = 3" in text
+    both = reporting.markdown_text(tmp_path, [group(0.1, 1), group(1, 1)],
+                                   ["likelihood.sigma"], metrics, [])
+    assert "The same in every run: kl (nats) = 1" in both and "iwae_k (samples) = 3" in both

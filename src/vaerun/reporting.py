@@ -103,11 +103,14 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
     lines = [f"# Sweep report: {sweep_dir}", "",
              "Final test metrics, mean ± std over seeds (± where the seeds differ); nats per "
              "image unless marked. Every metric of every group: below, and in report.csv.", ""]
-    if constant:
-        lines += ["The same in every run: " + ", ".join(
-            f"{_unit(m)} = {v:.4g}" for m, v in constant.items() if m in HEADLINE) + ".", ""]
+    def same(names: list[str]) -> list[str]:  # a line for the metrics with one value in all
+        return ["The same in every run: " + ", ".join(
+            f"{_unit(m)} = {constant[m]:.4g}" for m in names) + ".", ""] if names else []
+
+    lines += same([m for m in constant if m in HEADLINE])
     lines += table(groups, cols, [m for m in HEADLINE if m in shown])
-    lines += ["", "<details><summary>All metrics</summary>", "", *table(groups, cols, shown), "",
+    lines += ["", "<details><summary>All metrics</summary>", "",
+              *same([m for m in constant if m not in HEADLINE]), *table(groups, cols, shown), "",
               "</details>", "", "## Unfinished or failed runs", ""]
     for r in unfinished:
         why = f": {r.metrics['error']}" if r.metrics.get("error") else ""
