@@ -281,7 +281,7 @@ def test_a_metric_the_same_in_every_run_is_said_once_and_never_lost(tmp_path):
     """Metrics with one value in every run leave the tables for a line of their own; only the
     headline ones were written there, so a constant test/iwae_k (k of the bound) vanished from
     report.md, and where no headline metric was constant the line read "The same in every
-    run: ." """
+    run: ." A `-` in a table (a key one run's command did not set) is said once."""
     from vaerun import reporting
     from vaerun.sweeps import Group, Run
 
@@ -297,3 +297,7 @@ def test_a_metric_the_same_in_every_run_is_said_once_and_never_lost(tmp_path):
     both = reporting.markdown_text(tmp_path, [group(0.1, 1), group(1, 1)],
                                    ["likelihood.sigma"], metrics, [])
     assert "The same in every run: kl (nats) = 1" in both and "iwae_k (samples) = 3" in both
+    assert "A `-`" not in both
+    unset = Group((("likelihood.sigma", "-"),), group(1, 3).runs)  # a run that did not set it
+    assert "A `-`: the key was not on that run's command line" in reporting.markdown_text(
+        tmp_path, [group(0.1, 1), unset], ["likelihood.sigma"], metrics, [])

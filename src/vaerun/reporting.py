@@ -102,7 +102,10 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
     shown = [m for m in metrics if m not in constant]
     lines = [f"# Sweep report: {sweep_dir}", "",
              "Final test metrics, mean ± std over seeds (± where the seeds differ); nats per "
-             "image unless marked. Every metric of every group: below, and in report.csv.", ""]
+             "image unless marked. Every metric of every group: below, and in report.csv." + (
+                 " A `-`: the key was not on that run's command line (its default, or what its "
+                 "recipe or experiment sets)." if any(v == "-" for g in groups for _, v in g.key)
+                 else ""), ""]
     def same(names: list[str]) -> list[str]:  # a line for the metrics with one value in all
         return ["The same in every run: " + ", ".join(
             f"{_unit(m)} = {constant[m]:.4g}" for m in names) + ".", ""] if names else []
