@@ -301,3 +301,28 @@ def test_a_metric_the_same_in_every_run_is_said_once_and_never_lost(tmp_path):
     unset = Group((("likelihood.sigma", "-"),), group(1, 3).runs)  # a run that did not set it
     assert "A `-`: the key was not on that run's command line" in reporting.markdown_text(
         tmp_path, [group(0.1, 1), unset], ["likelihood.sigma"], metrics, [])
+
+
+def test_a_report_of_many_groups_keeps_its_points_in_view_and_apart(tmp_path, monkeypatch):
+    """With dozens of groups (a folder of runs of many commands) the legend was drawn inside
+    the axes, over every point of the rate-distortion figure, and the 11th group had the 1st's
+    look. A long legend stands beside the axes; no two groups share colour and marker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vaerun import plots, reporting
+    from vaerun.sweeps import Group, Run
+
+    drawn = []
+    monkeypatch.setattr(plots, "png", lambda fig: drawn.append(fig) or b"")
+    groups = [Group((("likelihood.sigma", str(s)),), [Run(tmp_path, {}, {
+        "status": "finished", "test/elbo": -100 * s, "test/kl": 1 + s, "test/mse": s / 10})])
+        for s in range(1, 31)]
+    reporting.figures(groups, ["likelihood.sigma"])
+    fig = drawn[0]  # rate against distortion
+    FigureCanvasAgg(fig).draw()
+    ax = fig.axes[0]
+    box, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= frame.x1  # beside the axes, not over them
+    looks = {(tuple(c.get_facecolor()[0]), c.get_paths()[0].vertices.tobytes())
+             for c in ax.collections}
+    assert len(looks) == len(groups) == 30

@@ -35,6 +35,23 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
+def look(i: int) -> dict[str, str]:
+    """Group i's colour and marker: ten colours, then the next marker, so that no two of a
+    hundred groups look alike."""
+    return {"color": f"C{i % 10}", "marker": "osv^D<>ph*"[i // 10 % 10]}
+
+
+def legend(ax, **where: Any) -> None:
+    """The axes' legend, if it has entries: where asked while it is short, beside the axes once
+    it has more than 12 (inside, it would cover the points)."""
+    n = len(ax.get_legend_handles_labels()[0])
+    if n > 12:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False,
+                  ncol=1 + (n - 1) // 40)
+    elif n:  # (no legend of nothing: matplotlib would warn)
+        ax.legend(fontsize=7, **where)
+
+
 def log_axis(ax, which: str, values: list[float]) -> None:
     """A log x or y axis when the values span a decade or more, labels on the majors only (on a
     narrower span minor labels overprint each other)."""
@@ -51,14 +68,13 @@ def rate_distortion(groups: list[Group]) -> bytes:
         pts = [(r.metrics.get("test/mse"), r.metrics.get("test/kl")) for r in g.runs]
         pts = [p for p in pts if None not in p]
         if pts:
-            ax.scatter(*zip(*pts, strict=True), color=f"C{i % 10}", label=g.label, s=25)
+            ax.scatter(*zip(*pts, strict=True), label=g.label, s=25, **look(i))
             xs += [p[0] for p in pts]
     ax.set_xlabel("distortion: test/mse (per pixel)")
     ax.set_ylabel("rate: test/kl (nats per image)")
     log_axis(ax, "x", xs)
     ax.set_title("rate against distortion, one point per run")
-    if ax.get_legend_handles_labels()[0]:  # (no legend of nothing: matplotlib would warn)
-        ax.legend(fontsize=7, loc="best")
+    legend(ax, loc="best")
     return png(fig)
 
 
@@ -138,7 +154,7 @@ def curves(groups: list[Group]) -> bytes:
 
     fig, ax = subplots(figsize=(6.5, 4.5))
     for i, g in enumerate(groups):
-        for split, style in (("train", {"lw": 0.8, "alpha": 0.6}), ("test", {"marker": "o", "ms": 3})):
+        for split, style in (("train", {"lw": 0.8, "alpha": 0.6}), ("test", {"ms": 3, **look(i)})):
             runs = []
             for r in g.runs:
                 acc = EventAccumulator(str(r.path), size_guidance={"scalars": 0})
@@ -149,13 +165,12 @@ def curves(groups: list[Group]) -> bytes:
             if n:
                 ax.plot([runs[0][j][0] for j in range(n)],
                         [statistics.fmean(c[j][1] for c in runs) for j in range(n)],
-                        color=f"C{i % 10}", label=f"{g.label} ({split})", **style)
+                        label=f"{g.label} ({split})", **{"color": look(i)["color"], **style})
     ax.set_xlabel("optimizer step")
     ax.set_xlim(left=0)
     ax.set_ylabel("-ELBO (nats per image)")
     ax.set_yscale("symlog", linthresh=100)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    legend(ax)
     return png(fig)
 
 
@@ -195,7 +210,7 @@ def quality(groups: list[Group]) -> bytes:
             continue
         label = "\n".join(textwrap.wrap(f"{i + 1}: {g.label}", 48))
         ax.errorbar(x, y, xerr=0 if math.isnan(ex) else ex, yerr=0 if math.isnan(ey) else ey,
-                    marker="o", ms=5, capsize=2, color=f"C{i % 10}", label=label)
+                    ms=5, capsize=2, label=label, **look(i))
         ax.annotate(str(i + 1), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
