@@ -105,7 +105,7 @@ def _sweep_panel(ax, m: str, series: dict[str, list[Group]], refs: list[Group],
             if predicted:  # a function of sigma and the data alone: one black dashed line
                 ax.plot(x, y, "k--", lw=1, label="pPCA's prediction at this sigma")
             else:
-                ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, color=f"C{i}",
+                ax.errorbar(x, y, yerr=e, ms=3, capsize=2, **look(i),
                             label=f"measured ({label})" if label else "measured, mean ± std")
     for j, g in enumerate(refs):
         mean, _ = g.mean_std(m)
@@ -138,12 +138,12 @@ def sweep(groups: list[Group], keys: list[str]) -> bytes:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7,
-                   bbox_to_anchor=(0.5, -0.05 - 0.04 * math.ceil(len(labels) / 4)))
     fig.suptitle("final test metrics (mean ± std over seeds; dashed: pPCA's prediction at the "
                  "same sigma; dotted: runs without the swept key)", fontsize=9)
     fig.tight_layout()
+    if handles:  # below the panels and their labels, however many rows it takes
+        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=7,
+                   bbox_to_anchor=(0.5, 0))
     return png(fig)
 
 
