@@ -358,21 +358,26 @@ def numbers(run: dict) -> dict:
             and not k.endswith("seconds")}
 
 
-def test_a_notebooks_matmul_precision_gives_the_same_run_and_is_handed_back(tmp_path):
+def test_a_notebooks_backend_settings_give_the_same_run_and_are_handed_back(tmp_path):
     """torch.set_float32_matmul_precision("medium") (or "high"), which Lightning's warning tells
     every GPU notebook to call, carried into a run: on a CPU with AVX-512 BF16 its matrix
     products ran in bfloat16 (on a GPU in TF32), so the notebook's numbers were not the
-    command's (here test/kl moved by 1e-7). A run computes as a fresh process does; the
-    notebook's setting is handed back, whichever of torch's two ways set it."""
+    command's (test/kl moved by 1e-7). So did torch.backends.mkldnn.enabled = False (a
+    workaround some notebooks carry: the CPU's transposed convolutions took another path, 1e-6
+    a layer) and cudnn.benchmark = True (the usual advice for speed: a GPU's convolution
+    algorithms chosen by timing them). A run computes as a fresh process does; the notebook's
+    settings are handed back, whichever of torch's two ways set the precision."""
     import torch
 
-    args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=5"]
+    args = [*SMALL, "model=conv", "trainer.epochs=1", "eval.iwae_k=5"]
     plain = vaerun.train(args, run_dir=tmp_path / "plain")
     assert torch.get_float32_matmul_precision() == "highest"
     try:
         torch.set_float32_matmul_precision("medium")
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = False, True
         medium = vaerun.train(args, run_dir=tmp_path / "medium")
         assert torch.get_float32_matmul_precision() == "medium"
+        assert (torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark) == (False, True)
         torch.backends.mkldnn.fp32_precision = "bf16"  # torch's newer way, one per backend
         torch.backends.cudnn.conv.fp32_precision = "ieee"
         backends = torch.backends.mkldnn.matmul, torch.backends.mkldnn, torch.backends.cudnn.conv
@@ -385,27 +390,10 @@ def test_a_notebooks_matmul_precision_gives_the_same_run_and_is_handed_back(tmp_
         for b in (torch.backends.mkldnn.matmul, torch.backends.cuda.matmul):
             b.fp32_precision = "none"
         torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = "tf32"
+        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = True, False
     assert torch.get_float32_matmul_precision() == "highest"
     assert numbers(medium) == numbers(plain)
     assert numbers(bf16) == numbers(plain)
-
-
-def test_a_notebooks_backend_switches_give_the_same_run_and_are_handed_back(tmp_path):
-    """torch.backends.mkldnn.enabled = False (a workaround some notebooks carry) sent a conv
-    run's transposed convolutions down another CPU path, which moved its numbers (by 1e-6 a
-    layer); cudnn.benchmark = True, the usual advice for speed, picks a GPU's convolution
-    algorithms by timing them. A run has torch's defaults; the notebook's are handed back."""
-    import torch
-
-    args = [*SMALL, "model=conv", "trainer.epochs=1", "eval.iwae_k=5"]
-    plain = vaerun.train(args, run_dir=tmp_path / "plain")
-    try:
-        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = False, True
-        other = vaerun.train(args, run_dir=tmp_path / "other")
-        assert (torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark) == (False, True)
-    finally:
-        torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark = True, False
-    assert numbers(other) == numbers(plain)
 
 
 def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,
