@@ -106,6 +106,8 @@ def test_help_lists_commands_and_groups(vaerun, capsys):
     for group in ("dataset:", "likelihood:", "model:", "optimizer:", "trainer:"):
         assert group in out
     assert "gaussian_learned" in out and "mnist_binary" in out
+    assert out.startswith("vaerun train: train one VAE")  # vaerun's words, not "train is
+    assert "vaerun train --cfg job" in out and "powered by Hydra" not in out  # powered by Hydra"
 
 
 BAD = {
