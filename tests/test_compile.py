@@ -150,9 +150,29 @@ def test_a_compiled_run_hands_the_compilers_settings_back(tmp_path, monkeypatch)
     import vaerun
 
     monkeypatch.setattr(TrainStep, "backend", "aot_eager")
-    monkeypatch.setattr(dynamo, "trace_autograd_ops", False)  # a process's own, whatever the
-    monkeypatch.setattr(inductor, "fallback_random", False)  # tests before this one left
-    m = vaerun.train([*SMALL, "trainer.epochs=1", "eval.quality_images=0", "eval.iwae_k=0",
+    # a process's own, whatever the tests before this one left (torch's own patch: pytest's
+    # monkeypatch, undone, hides a config of torch's, which then "does not exist")
+    with dynamo.patch(trace_autograd_ops=False), inductor.patch(fallback_random=False):
+        m = vaerun.train([*SMALL, "trainer.epochs=1", "eval.quality_images=0", "eval.iwae_k=0",
+                          "trainer.compile=true"], run_dir=tmp_path / "run")
+        assert m["status"] == "finished" and "time/compile_seconds" not in m  # (a TB tag)
+        assert (dynamo.trace_autograd_ops, inductor.fallback_random) == (False, False)
+
+
+def test_a_notebooks_anomaly_mode_keeps_no_run_from_being_captured(tmp_path, monkeypatch):
+    """torch.autograd.set_detect_anomaly(True), left on in a notebook after debugging its own
+    model, made every captured step fail to trace ("could not guard on data-dependent
+    expression"): the run trained eager, with eager's numbers, not the command's, slower, and
+    printed a traceback of 280 lines. A run has torch's default, anomaly mode off; the
+    notebook's is handed back."""
+    import torch
+
+    import vaerun
+
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    with torch.autograd.set_detect_anomaly(True):
+        vaerun.train([*SMALL, "trainer.epochs=1", "eval.quality_images=0", "eval.iwae_k=0",
                       "trainer.compile=true"], run_dir=tmp_path / "run")
-    assert m["status"] == "finished" and "time/compile_seconds" not in m  # (a TensorBoard tag)
-    assert (dynamo.trace_autograd_ops, inductor.fallback_random) == (False, False)
+        assert torch.is_anomaly_enabled()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "capturing the training step" in log and "could not be captured" not in log

@@ -108,8 +108,8 @@ def backends(values: dict[str, Any]) -> dict[str, Any]:
 def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
     """The settings of the module docstring for the block, with torch's own defaults for
-    dtype and device (a notebook may have chosen float64, or cuda), with gradients and without
-    autocast; threads, determinism, the
+    dtype and device (a notebook may have chosen float64, or cuda), with gradients, without
+    autocast and anomaly mode; threads, determinism, the
     environment, those defaults, torch's backends and random streams (a run seeds
     them) are as they were afterwards."""
     old_threads = torch.get_num_threads()
@@ -132,9 +132,10 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
         torch.set_default_device(None)
     try:
         with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as off:
-            for kind in dict.fromkeys(("cpu", device.type)):  # a caller's no_grad or autocast
-                off.enter_context(torch.autocast(kind, enabled=False))  # is not a run's
-            yield
+            off.enter_context(torch.autograd.set_detect_anomaly(False))  # a caller's no_grad,
+            for kind in dict.fromkeys(("cpu", device.type)):  # autocast or anomaly mode (no
+                off.enter_context(torch.autocast(kind, enabled=False))  # step captured) is
+            yield  # not a run's
     finally:
         torch.set_default_dtype(old_dtype)
         backends(old_backends)
