@@ -234,8 +234,8 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
              ) -> dict[str, float]:
     """Evaluate a saved run again into its own records, holding its lock (`vaerun eval
     run_dir=... eval.iwae_k=5000`); the values it measured, named as in metrics.json
-    (`test/nll_iwae`). `overrides`: eval.* and the keys that
-    never change a result (trainer.device, trainer.threads)."""
+    (`test/nll_iwae`). `overrides`: eval.* and the keys that never change a result
+    (trainer.device, trainer.threads)."""
     from vaerun import runtime
     from vaerun.assemble import load_config, load_run
     from vaerun.evaluation import evaluate_run

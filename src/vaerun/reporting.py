@@ -106,6 +106,7 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
                  " A `-`: the key was not on that run's command line (its default, or what its "
                  "recipe or experiment sets)." if any(v == "-" for g in groups for _, v in g.key)
                  else ""), ""]
+
     def same(names: list[str]) -> list[str]:  # a line for the metrics with one value in all
         return ["The same in every run: " + ", ".join(
             f"{_unit(m)} = {constant[m]:.4g}" for m in names) + ".", ""] if names else []

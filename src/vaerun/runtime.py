@@ -109,9 +109,8 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
             ) -> Iterator[None]:
     """The settings of the module docstring for the block, with torch's own defaults for
     dtype and device (a notebook may have chosen float64, or cuda), with gradients, without
-    autocast and anomaly mode; threads, determinism, the
-    environment, those defaults, torch's backends and random streams (a run seeds
-    them) are as they were afterwards."""
+    autocast and anomaly mode; threads, determinism, the environment, those defaults, torch's
+    backends and random streams (a run seeds them) are as they were afterwards."""
     old_threads = torch.get_num_threads()
     old_det = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
@@ -131,11 +130,12 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     if old_device.type != "cpu":  # a run puts its tensors on `device` itself
         torch.set_default_device(None)
     try:
+        # a caller's no_grad, autocast (bfloat16) or anomaly mode (no step captured): not a run's
         with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as off:
-            off.enter_context(torch.autograd.set_detect_anomaly(False))  # a caller's no_grad,
-            for kind in dict.fromkeys(("cpu", device.type)):  # autocast or anomaly mode (no
-                off.enter_context(torch.autocast(kind, enabled=False))  # step captured) is
-            yield  # not a run's
+            off.enter_context(torch.autograd.set_detect_anomaly(False))
+            for kind in dict.fromkeys(("cpu", device.type)):
+                off.enter_context(torch.autocast(kind, enabled=False))
+            yield
     finally:
         torch.set_default_dtype(old_dtype)
         backends(old_backends)
