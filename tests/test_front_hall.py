@@ -396,6 +396,28 @@ def test_a_notebooks_backend_settings_give_the_same_run_and_are_handed_back(tmp_
     assert numbers(bf16) == numbers(plain)
 
 
+def test_a_run_is_deterministic_as_its_config_says_not_as_the_notebook_left_torch(tmp_path):
+    """torch.use_deterministic_algorithms(True), set by a notebook for its own work, carried
+    into a run of trainer.deterministic=false: on a GPU without CUBLAS_WORKSPACE_CONFIG its
+    first matrix product raises, so every run failed. A run is deterministic as its config
+    says; the notebook's setting is handed back."""
+    import torch
+
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        vaerun.train([*SMALL, "trainer.epochs=1", "eval.iwae_k=0", "eval.quality_images=0"],
+                     run_dir=tmp_path / "run")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        hook.remove()
+        torch.use_deterministic_algorithms(False)
+    assert seen and not any(seen)
+
+
 def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path, monkeypatch,
                                                                         capsys):
     """An error no check foresaw (here one put into the loop) reached Hydra, which printed it

@@ -15,7 +15,8 @@
   transposed convolutions, `cudnn.benchmark = True` the GPU's choice of algorithm: each would
   change the run's numbers.
 - `trainer.deterministic`: torch.use_deterministic_algorithms, with the cuBLAS workspace setting
-  it needs made before the run's first CUDA work.
+  it needs made before the run's first CUDA work; false turns off a caller's (a notebook's),
+  which on a GPU without that setting fails the first matrix product.
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
         torch.set_num_threads(count)
     if deterministic:
         os.environ.setdefault(CUBLAS, ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    # as trainer.deterministic says, not as a caller left it (the call imports torch._inductor:
+    # made only where it changes anything)
+    if change_det := old_det != (deterministic, False) and (deterministic or old_det[0]):
+        torch.use_deterministic_algorithms(deterministic)
     torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
     if old_device.type != "cpu":  # a run puts its tensors on `device` itself
         torch.set_default_device(None)
@@ -145,7 +149,7 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
         if rng[1] is not None:
             torch.cuda.set_rng_state(rng[1], device)
         torch.set_num_threads(old_threads)
-        if deterministic:  # (the call imports torch._inductor: only where it changed anything)
+        if change_det:
             torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
         if old_env is None:
             os.environ.pop(CUBLAS, None)
