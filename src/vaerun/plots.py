@@ -154,7 +154,8 @@ def curves(groups: list[Group]) -> bytes:
 
     fig, ax = subplots(figsize=(6.5, 4.5))
     for i, g in enumerate(groups):
-        for split, style in (("train", {"lw": 0.8, "alpha": 0.6}), ("test", {"ms": 3, **look(i)})):
+        train, test = {"lw": 0.8, "alpha": 0.6, "color": look(i)["color"]}, {"ms": 3, **look(i)}
+        for split, style in (("train", train), ("test", test)):
             runs = []
             for r in g.runs:
                 acc = EventAccumulator(str(r.path), size_guidance={"scalars": 0})
@@ -165,7 +166,7 @@ def curves(groups: list[Group]) -> bytes:
             if n:
                 ax.plot([runs[0][j][0] for j in range(n)],
                         [statistics.fmean(c[j][1] for c in runs) for j in range(n)],
-                        label=f"{g.label} ({split})", **{"color": look(i)["color"], **style})
+                        label=f"{g.label} ({split})", **style)
     ax.set_xlabel("optimizer step")
     ax.set_xlim(left=0)
     ax.set_ylabel("-ELBO (nats per image)")

@@ -112,46 +112,36 @@ def applied(device: torch.device, count: int | None, deterministic: bool = False
     dtype and device (a notebook may have chosen float64, or cuda), with gradients, without
     autocast and anomaly mode; threads, determinism, the environment, those defaults, torch's
     backends and random streams (a run seeds them) are as they were afterwards."""
-    old_threads = torch.get_num_threads()
-    old_det = (torch.are_deterministic_algorithms_enabled(),
+    with contextlib.ExitStack() as undo:  # each setting made beside its handing back
+        undo.callback(torch.set_rng_state, torch.get_rng_state())
+        if device.type == "cuda":
+            undo.callback(torch.cuda.set_rng_state, torch.cuda.get_rng_state(device), device)
+        undo.callback(backends, backends(BACKENDS))
+        if device.type == "cpu":
+            torch.set_flush_denormal(True)
+            map_torch_constants()
+        if count := threads(count):
+            undo.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(count)
+        if deterministic and CUBLAS not in os.environ:
+            undo.callback(os.environ.pop, CUBLAS, None)
+            os.environ[CUBLAS] = ":4096:8"
+        # as trainer.deterministic says, not as a caller left it (the call imports
+        # torch._inductor: made only where it changes anything)
+        old = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
-    old_env = os.environ.get(CUBLAS)
-    rng = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    old_dtype, old_device = torch.get_default_dtype(), torch.get_default_device()
-    old_backends = backends(BACKENDS)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)
-        map_torch_constants()
-    if count := threads(count):
-        torch.set_num_threads(count)
-    if deterministic:
-        os.environ.setdefault(CUBLAS, ":4096:8")
-    # as trainer.deterministic says, not as a caller left it (the call imports torch._inductor:
-    # made only where it changes anything)
-    if change_det := old_det != (deterministic, False) and (deterministic or old_det[0]):
-        torch.use_deterministic_algorithms(deterministic)
-    torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
-    if old_device.type != "cpu":  # a run puts its tensors on `device` itself
-        torch.set_default_device(None)
-    try:
+        if old != (deterministic, False) and (deterministic or old[0]):
+            undo.callback(torch.use_deterministic_algorithms, old[0], warn_only=old[1])
+            torch.use_deterministic_algorithms(deterministic)
+        undo.callback(torch.set_default_dtype, torch.get_default_dtype())
+        torch.set_default_dtype(torch.float32)  # a run's weights match its float32 images
+        if (old_device := torch.get_default_device()).type != "cpu":  # a run puts its tensors
+            undo.callback(torch.set_default_device, old_device)  # on `device` itself
+            torch.set_default_device(None)
         # a caller's no_grad, autocast (bfloat16) or anomaly mode (no step captured): not a run's
-        with torch.inference_mode(False), torch.enable_grad(), contextlib.ExitStack() as off:
-            off.enter_context(torch.autograd.set_detect_anomaly(False))
-            for kind in dict.fromkeys(("cpu", device.type)):
-                off.enter_context(torch.autocast(kind, enabled=False))
-            yield
-    finally:
-        torch.set_default_dtype(old_dtype)
-        backends(old_backends)
-        if old_device.type != "cpu":
-            torch.set_default_device(old_device)
-        torch.set_rng_state(rng[0])
-        if rng[1] is not None:
-            torch.cuda.set_rng_state(rng[1], device)
-        torch.set_num_threads(old_threads)
-        if change_det:
-            torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
-        if old_env is None:
-            os.environ.pop(CUBLAS, None)
-        else:
-            os.environ[CUBLAS] = old_env
+        for mode in (torch.inference_mode(False), torch.enable_grad(),
+                     torch.autograd.set_detect_anomaly(False),
+                     *(torch.autocast(kind, enabled=False)
+                       for kind in dict.fromkeys(("cpu", device.type)))):
+            undo.enter_context(mode)
+        yield
