@@ -138,6 +138,9 @@ def test_a_full_disk_is_named_a_full_disk_whatever_space_is_left(disk, tmp_path)
                        cwd=tmp_path)
     line = one_line(proc, "the disk is full")
     assert "trainer.resume=true" in line  # a checkpoint exists: it says so
+    record = json.loads((disk / "run" / "metrics.json").read_text())  # and so does its record
+    assert (record["status"], record["exit_code"]) == ("failed", 2)
+    assert line == f"error: {record['error']}"
 
 
 @pytest.mark.parametrize("disk", ["1m"], indirect=True)

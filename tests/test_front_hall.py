@@ -437,6 +437,12 @@ def test_a_bug_in_a_run_is_raised_to_python_as_itself_never_system_exit(tmp_path
     assert main(["train", *SMALL, f"hydra.run.dir={tmp_path / 'cli'}"]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         "error: RuntimeError: a bug, an error vaerun did not foresee")
+    monkeypatch.undo()  # a bug once the run has begun: its record says failed, not running
+    monkeypatch.setattr(loop, "evaluate_run", broken)
+    assert main(["train", *SMALL, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'late'}"]) == 1
+    record = json.loads((tmp_path / "late" / "metrics.json").read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {record['error']}"
 
 
 def test_calls_from_two_threads_run_one_at_a_time(tmp_path):

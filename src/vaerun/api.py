@@ -214,6 +214,7 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
                    "start it again")
             e = UserError(write_error(e, fix) if rd.path.is_dir() else f"{rd} was removed while "
                           "the run wrote to it; nothing of it is left to resume: start it again")
+            failed(rd, Outcome(rd.path, e.exit_code, e))
         if not isinstance(e, Refused):  # the run's own log says why too
             record = log.makeRecord(log.name, logging.ERROR, __file__, 0, str(e), (), None)
             for h in logging.getLogger().handlers:
@@ -227,7 +228,17 @@ def run_job(cfg: Any, rd: RunDir, job: gate.Job | None, stop: Any, overrides: li
         return Outcome(rd.path, e.exit_code, e)
     except Exception as e:  # noqa: BLE001 (a bug: its traceback in the log, the error raised
         log.exception("the run failed on an error vaerun did not foresee")  # by vaerun.train)
-        return Outcome(rd.path, 1, e)
+        return failed(rd, Outcome(rd.path, 1, e))
+
+
+def failed(rd: RunDir, done: Outcome) -> Outcome:
+    """A run that began and then failed on a full disk or a bug: its metrics.json says so, as
+    the loop's own failures do, not `running` (best effort: the disk may still be full)."""
+    if rd.file(rd.METRICS).exists():
+        with contextlib.suppress(OSError, UserError), rd.locked("record"):
+            rd.write_json(rd.METRICS, {**rd.metrics(), "status": "failed", "error": done.why,
+                                       "exit_code": done.code})
+    return done
 
 
 def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: Any = None
