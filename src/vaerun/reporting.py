@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,20 @@ def table(groups: list[Group], cols: list[str], metrics: list[str]) -> list[str]
                     for g in groups]
 
 
+def _why(r: Run) -> str:
+    """What an unfinished run's record says of it: its error, or where it stopped. A process
+    killed without warning (SIGKILL, the OOM killer, a node lost) leaves `running` behind."""
+    epoch, step = r.metrics.get("epoch"), r.metrics.get("step")
+    if r.metrics.get("error") or r.status not in ("running", "interrupted") or not (
+            is_number(epoch) and is_number(step)):
+        return f": {r.metrics['error']}" if r.metrics.get("error") else ""
+    when = datetime.fromtimestamp(r.path.joinpath(RunDir.METRICS).stat().st_mtime)
+    still = (f" (recorded {when:%Y-%m-%d %H:%M}): still running, or killed without warning"
+             if r.status == "running" else "")
+    return (f" after {int(epoch)} whole epochs, step {int(step)}{still}; continue it with "
+            "trainer.resume=true")
+
+
 def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics: list[str],
                   unfinished: list[Run]) -> str:
     """What a user compares first (HEADLINE, where the runs have it), then every metric."""
@@ -117,8 +132,7 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
               *same([m for m in constant if m not in HEADLINE]), *table(groups, cols, shown), "",
               "</details>", "", "## Unfinished or failed runs", ""]
     for r in unfinished:
-        why = f": {r.metrics['error']}" if r.metrics.get("error") else ""
-        lines.append(f"- `{r.path.relative_to(sweep_dir)}` — {r.status}{why}")
+        lines.append(f"- `{r.path.relative_to(sweep_dir)}` — {r.status}{_why(r)}")
     if not unfinished:
         lines.append("None: every run finished.")
     return "\n".join(lines) + "\n"
