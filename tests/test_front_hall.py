@@ -518,3 +518,27 @@ def test_the_readmes_python_example_runs_as_written(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| likelihood.sigma |" in (tmp_path / "outputs/python-report/report.md").read_text()
+
+
+def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path):
+    """A stop signal during `vaerun.train` raised Hydra's SystemExit(130), which the API
+    promises never to do: it raises vaerun.Interrupted once the checkpoint is written, and the
+    same call with trainer.resume=true finishes the run."""
+    import logging
+
+    class CtrlC(logging.Handler):  # Ctrl-C as the first epoch ends
+        def emit(self, record):
+            if record.getMessage().startswith("epoch 1/3: the test set's terms"):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    args = [*SMALL, "trainer.epochs=3"]
+    logging.getLogger("vaerun").addHandler(handler := CtrlC())
+    try:
+        with pytest.raises(vaerun.Interrupted) as stopped:
+            vaerun.train(args, run_dir=tmp_path / "run")
+    finally:
+        logging.getLogger("vaerun").removeHandler(handler)
+    assert stopped.value.exit_code == 130
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    got = vaerun.train([*args, "trainer.resume=true"], run_dir=tmp_path / "run")
+    assert (got["status"], got["epoch"]) == ("finished", 3)

@@ -311,3 +311,43 @@ def test_a_folder_without_usable_images_is_one_line(tmp_path, env, case):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert {"empty": "no PNG", "corrupt": "img1.png", "missing": "dataset.root"}[case] in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch):
+    """The first decoding of a large folder takes minutes (CelebA: 200,000 JPEGs), and a stop
+    request waited for all of it, then for the cache to be written: decoding polls the stop
+    request between images, cancels the rest, and leaves no cache."""
+    import logging
+    import signal
+
+    import vaerun
+    from vaerun.errors import Interrupted
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = make_folder(tmp_path / "photos", n=40)
+    polls = []
+
+    def stop_after_three():
+        polls.append(1)
+        if len(polls) == 3:
+            raise Interrupted(signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        Images(Images.Config(root=str(photos), size=8, channels=3), poll=stop_after_three)
+    assert len(polls) == 3 and not (tmp_path / "cache").exists()
+
+    class CtrlC(logging.Handler):  # a Ctrl-C the moment decoding begins, in a whole training
+        def emit(self, record):
+            if record.getMessage().startswith("dataset: decoding"):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    logging.getLogger("vaerun").addHandler(handler := CtrlC())
+    try:
+        with pytest.raises(vaerun.Interrupted):
+            vaerun.train(["dataset=images", f"dataset.root={photos}", "dataset.size=8", *QUICK],
+                         run_dir=tmp_path / "run")
+    finally:
+        logging.getLogger("vaerun").removeHandler(handler)
+    assert not (tmp_path / "cache").exists()
+    assert "decoded" not in (tmp_path / "run" / "train.log").read_text()

@@ -132,8 +132,12 @@ def run_train(args: Sequence[str], stop: Any) -> list[Outcome]:
                 top.mark("sweep" if plan.sweep else "run")
                 top.claim()
             task, sys.argv = TrainTask(plan, stop), ["vaerun train", *plan.argv]
-            hydra.main(config_path=f"pkg://{gate.CONFIG_MODULE}", config_name=gate.CONFIG_NAME,
-                       version_base="1.3")(task)()
+            try:
+                hydra.main(config_path=f"pkg://{gate.CONFIG_MODULE}",
+                           config_name=gate.CONFIG_NAME, version_base="1.3")(task)()
+            except SystemExit:  # the task's own, to end a sweep on a stop signal: its outcome
+                if not any(d.code > 128 for d in task.done.values()):  # is kept, as a run's
+                    raise
     return [task.done.get(j.folder.path) or recorded(i, j.folder) for i, j in enumerate(plan.jobs)]
 
 
@@ -178,8 +182,8 @@ class TrainTask:
                        str(hc.mode) == "RunMode.MULTIRUN")
         if here:
             self.done[rd.path] = done
-            if done.code > 128:  # a stop signal: no further job
-                raise SystemExit(done.code)
+            if done.code > 128:  # a stop signal: no further job (Hydra's launcher goes on
+                raise SystemExit(done.code)  # after an Exception), caught in run_train
         elif done.code:  # under the lock: not into a record another command holds now
             with contextlib.suppress(UserError), rd.locked("record"):
                 rd.write_json(rd.METRICS, {"status": "failed", **rd.metrics(),
@@ -266,7 +270,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
-            data, vae = load_run(rd.path, cfg, state)
+            data, vae = load_run(rd.path, cfg, state, poll=stop.check)
             rd.claim()
             runlog = RunLog(rd)
             try:

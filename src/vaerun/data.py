@@ -125,8 +125,9 @@ class Dataset(Registered):
                 raise ConfigError(f"{key}.{k}", n, f"must be between 1 and {total} "
                                   f"(the {k[2:]} images of {cls.name})")
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
-        self.cfg = cfg
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu",
+                 poll: Callable[[], None] | None = None):
+        self.cfg, self.poll = cfg, poll or (lambda: None)  # poll: may raise to stop a long load
         self.device = torch.device(device)
         train, test = self.arrays()
         digest = hashlib.sha256(repr((train.shape, test.shape)).encode())

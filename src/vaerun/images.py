@@ -155,6 +155,8 @@ class Images(Dataset):
             log.warning("dataset: the cache %s is damaged or not these images; decoding again",
                         path)
         started, done = time.perf_counter(), [0]
+        log.info("dataset: decoding %d %s images of %s, once (they are cached)", len(files), split,
+                 c.root)
 
         def one(p: Path) -> np.ndarray:
             out = self.decode(p)
@@ -164,8 +166,14 @@ class Images(Dataset):
                          len(files), time.perf_counter() - started)
             return out
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            images = np.stack(list(pool.map(one, files)))
+        pool, got = ThreadPoolExecutor(max_workers=os.cpu_count() or 1), []
+        try:  # a stop request is polled between images: decoding writes nothing until the end
+            for image in pool.map(one, files):
+                self.poll()
+                got.append(image)
+        finally:
+            pool.shutdown(cancel_futures=True)
+        images = np.stack(got)
         cache_dir().mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, images, allow_pickle=False)

@@ -50,7 +50,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
             rd.locked("train"), runtime.applied(device, t.threads, t.deterministic):
         stop.check()  # asked to stop before anything started: leave nothing behind
         try:
-            session = assemble.start(cfg, rd)
+            session = assemble.start(cfg, rd, poll=stop.check)
             rd.metrics()  # a record it could not update: refused now
         except UserError as e:  # a run not accepted: its records stay as they were
             raise Refused(str(e)) from None
