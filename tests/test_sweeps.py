@@ -151,9 +151,10 @@ def test_sweep_interrupted_then_resumed_finishes_every_run_once(tmp_path):
     out.wait(r"training .*1_likelihood\.sigma=0\.3")
     out.wait(r"epoch 1/2: 10/\d+ steps")  # into the second job's first epoch
     proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    err = proc.communicate(timeout=120)[1]
     out.rest()
     assert proc.returncode == 128 + signal.SIGTERM
+    assert "error:" not in err  # a stop, not a failure; the job not begun is not one either
     assert metrics(first)["status"] == "finished"
     assert metrics(second)["status"] == "interrupted"
     assert not (sweep / "2_likelihood.sigma=1").exists()

@@ -135,9 +135,10 @@ def run_train(args: Sequence[str], stop: Any) -> list[Outcome]:
             try:
                 hydra.main(config_path=f"pkg://{gate.CONFIG_MODULE}",
                            config_name=gate.CONFIG_NAME, version_base="1.3")(task)()
-            except SystemExit:  # the task's own, to end a sweep on a stop signal: its outcome
-                if not any(d.code > 128 for d in task.done.values()):  # is kept, as a run's
-                    raise
+            except SystemExit:  # the task's own, to end a sweep on a stop signal: the jobs
+                if not any(d.code > 128 for d in task.done.values()):  # run so far are its
+                    raise  # outcomes, the stopped one last
+                return list(task.done.values())
     return [task.done.get(j.folder.path) or recorded(i, j.folder) for i, j in enumerate(plan.jobs)]
 
 
