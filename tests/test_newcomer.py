@@ -84,6 +84,13 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
     (["trainer.epoch=3"], "did you mean trainer.epochs?", "pick a trainer option"),
     (["likelihood.sigm=0.2", "likelihood=gaussian"], "did you mean likelihood.sigma?",
      "vaerun train likelihood=... likelihood.sigm"),
+    # a key added with + was OmegaConf's "Key 'sigmaa' not in 'Config'", its value None
+    (["likelihood=gaussian", "+likelihood.sigmaa=0.2"], "likelihood.sigmaa is not a key of "
+     "likelihood=gaussian (did you mean sigma?); its keys: name, sigma", "None"),
+    (["+eval.iwae=5"], "eval.iwae is not a key of eval (did you mean iwae_k?)", "EvalConfig"),
+    # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
+    (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
+     "dataset=images"),
 ])
 def test_suggestions_name_the_real_thing(vaerun, capsys, args, says, not_says):
     assert vaerun("train", *args) == 2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from vaerun.errors import ConfigError
 
@@ -117,12 +117,18 @@ def lookup(group: str, name: Any) -> type:
     return registry[name]
 
 
-def to_schema(key: str, node: Any, schema: type) -> Any:
-    """Merge `node` onto dataclass `schema`; the dataclass instance, checked."""
+def to_schema(key: str, node: Any, schema: type, option: str = "") -> Any:
+    """Merge `node` onto dataclass `schema` (of `option`, a group's, if given); the dataclass
+    instance, checked."""
     try:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         sub = getattr(e, "full_key", None) or getattr(e, "key", None)
+        if isinstance(e, ConfigKeyError) and sub:  # a key added with +key=value
+            names, of = [f.name for f in fields(schema)], f"{key}={option}" if option else key
+            raise ConfigError(f"{key}.{sub}", None, "", f"{key}.{sub} is not a key of {of}"
+                              f"{did_you_mean(str(sub), names)}; its keys: {', '.join(names)}"
+                              ) from None
         raise ConfigError(f"{key}.{sub}" if sub else key, getattr(e, "value", None),
                           str(getattr(e, "msg", e)).splitlines()[0]) from None
     if hasattr(obj, "check"):
@@ -135,7 +141,7 @@ def typed_group(key: str, node: Any) -> Any:
     another option (a recipe's likelihood.variance with likelihood=gaussian) names that one."""
     cls = lookup(key, node.get("name") if isinstance(node, DictConfig) else None)
     try:
-        obj = to_schema(key, node, cls.Config)
+        obj = to_schema(key, node, cls.Config, cls.name)
     except ConfigError as e:
         sub = e.key.split(".")[1] if e.key.count(".") == 1 else ""
         has = [n for n, c in REGISTRIES[key].items() if sub in {f.name for f in fields(c.Config)}]

@@ -56,6 +56,7 @@ class Images(Dataset):
 
     name = "images"
     missing_hint = "give the folder of your images (dataset.root=DIR)"
+    root_is = "the folder of your images"  # what dataset.root names, for a root not given
     train_bytes = 1  # training images stay uint8 (`fixed`), made floats a batch at a time
 
     @dataclass
@@ -84,7 +85,7 @@ class Images(Dataset):
     @classmethod
     def validate(cls, cfg: Config, key: str) -> None:
         if cfg.root is None:
-            raise ConfigError(f"{key}.root", None, f"give the folder of your images: {key}=images "
+            raise ConfigError(f"{key}.root", None, f"give {cls.root_is}: {key}={cls.name} "
                               f"{key}.root=DIR")
         super().validate(cfg, key)
 
@@ -223,6 +224,8 @@ class CIFAR10(Images):
     sizes = (50000, 10000)
     missing_hint = ("put torchvision's cifar-10-batches-py/ there, or add dataset.download=true "
                     "to fetch it with torchvision")
+    root_is = ("the folder that holds torchvision's cifar-10-batches-py/ (or is to, with "
+               "dataset.download=true)")
 
     @dataclass
     class Config(DataConfig):
@@ -277,6 +280,7 @@ class CelebA(Images):
     sizes = (162770, 19962)  # partitions 0 and 2 of list_eval_partition.txt
     missing_hint = ("put torchvision's celeba/ there (img_align_celeba/ and "
                     "list_eval_partition.txt), or add dataset.download=true")
+    root_is = "the folder that holds torchvision's celeba/ (or is to, with dataset.download=true)"
     PARTITION_MD5 = "d32c9cbf5e040fd4025c592c306e6668"  # torchvision's CelebA.file_list
 
     @dataclass
