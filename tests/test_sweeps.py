@@ -355,3 +355,29 @@ def test_a_run_killed_without_warning_is_reported_as_such_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     record = metrics(tmp_path / "runs" / "a")
     assert (record["status"], record["epoch"]) == ("finished", 3)
+
+
+def test_a_ctrl_c_in_a_joblib_sweep_is_a_stop_not_an_error(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, joblib's workers too: each job
+    wrote its checkpoint, yet the command said `error: job 0 (...) failed: interrupted by signal
+    2` for each. It says each was stopped and how to continue, and exits 130."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaerun", "train", "-m", "hydra/launcher=joblib",
+         "likelihood=gaussian", "likelihood.sigma=0.1,1", "dataset.n_train=6400",
+         "dataset.n_test=256", "trainer.batch_size=64", "trainer.epochs=2", "eval.iwae_k=2",
+         "trainer.progress_seconds=0", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = Lines(proc.stdout)
+    for _ in range(2):  # both jobs are training
+        out.wait(r"epoch 1/2: 10/\d+ steps")
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    out.rest()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    jobs = sorted(p for p in sweep.iterdir() if p.name[0].isdigit())
+    assert [metrics(j)["status"] for j in jobs] == ["interrupted"] * 2
+    assert err.splitlines() == [
+        f"job {i} ({j}) was stopped (interrupted by signal 2); the same command with "
+        "trainer.resume=true continues it" for i, j in enumerate(jobs)], err

@@ -151,7 +151,8 @@ def recorded(num: int, rd: RunDir) -> Outcome:
     code = m.get("exit_code")  # this command's failure, over the status an earlier one left
     code = int(code) if is_number(code) and 1 <= code < 256 else int(m.get("status") != "finished")
     why = m.get("error") or f"it ended {m.get('status', 'with no record')}; see {rd.file(rd.LOG)}"
-    return Outcome(rd.path, code, None if code == 0 else f"job {num} ({rd}) failed: {why}", False)
+    how = f"was stopped ({why})" if code > 128 else f"failed: {why}"  # stopped: checkpointed
+    return Outcome(rd.path, code, None if code == 0 else f"job {num} ({rd}) {how}", False)
 
 
 class TrainTask:

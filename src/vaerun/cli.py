@@ -71,8 +71,11 @@ def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
 
     if name == "train":
         outcomes = api.run_train(args, stop)
-        for o in outcomes:
-            if o.code and not (o.here and o.code > 128):
+        for o in outcomes:  # a job stopped by a signal is no error (its checkpoint is written)
+            if o.code > 128 and not o.here:  # a worker's: its log line is not on this screen
+                print(f"{o.why}; the same command with trainer.resume=true continues it",
+                      file=sys.stderr)
+            elif o.code and o.code <= 128:
                 error(o.why, o.code)
         return max((o.code for o in outcomes), default=0)
     if name == "eval":
