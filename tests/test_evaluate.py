@@ -265,3 +265,43 @@ def test_the_cheaper_iwae_estimates_what_the_plain_one_does():
     se = (torch.tensor(new + old).std() / math.sqrt(5)).item()
     assert abs(sum(new) / 5 - sum(old) / 5) < 3 * math.sqrt(2) * se
     assert se > 0  # the seeds differ: a real Monte Carlo error was measured
+
+
+def test_the_documented_inception_weights_key_is_taken_by_train_and_eval(vaerun, tmp_path,
+                                                                         capsys):
+    """`eval.inception_weights=PATH`, as docs/images.md and the run's note write it, was
+    refused ("not a key of this config (did you mean loss.recon_weight?)"): only
+    +eval.inception_weights worked, and `vaerun eval` took neither form. Both now take it, for a
+    run saved before the key was in conf/train.yaml too; without torch-fidelity it is refused
+    before training, not after it."""
+    import importlib.util
+
+    weights = tmp_path / "pt_inception.pth"
+    weights.write_bytes(b"")
+    run = tmp_path / "run"
+    assert vaerun("train", *SMALL, "trainer.epochs=1", "eval.quality_images=0",
+                  f"eval.inception_weights={weights}", f"hydra.run.dir={run}") == 0
+    saved = torch.load(run / "checkpoints" / "last.pt")
+    assert saved["config"]["eval"]["inception_weights"] == str(weights)
+    del saved["config"]["eval"]["inception_weights"]  # a run saved before the key was there
+    torch.save(saved, run / "checkpoints" / "last.pt")
+    config = run / ".hydra" / "config.yaml"  # and its record
+    config.write_text("".join(ln for ln in config.read_text().splitlines(True)
+                              if "inception_weights" not in ln))
+    assert vaerun("eval", f"run_dir={run}", "eval.iwae_k=0", "eval.quality_images=0",
+                  f"eval.inception_weights={weights}") == 0
+    capsys.readouterr()
+    if importlib.util.find_spec("torch_fidelity") is None:  # images not digits: Inception
+        from PIL import Image
+
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for i in range(4):
+            Image.new("RGB", (12, 12), (60 * i, 0, 0)).save(photos / f"{i}.png")
+        assert vaerun("train", "dataset=images", f"dataset.root={photos}", "dataset.size=8",
+                      "trainer.batch_size=2", "eval.quality_images=100",
+                      f"eval.inception_weights={weights}", f"hydra.run.dir={tmp_path / 'r2'}") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: eval.inception_weights=") and "pip install torch-fidelity" \
+            in err and "\n" not in err
+        assert not (tmp_path / "r2").exists()

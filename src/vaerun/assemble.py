@@ -13,6 +13,7 @@ also keeps torch's CUDA state, restored where it resumes on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaerun import config, images, optim, slurm  # noqa: F401 (images: its datasets registered)
+from vaerun import config, images, optim, quality, slurm  # noqa: F401 (images: datasets)
 from vaerun.config import Recon, RunConfig, require
 from vaerun.data import Dataset
 from vaerun.elbo import Meter, Objective, step_bytes
@@ -61,6 +62,9 @@ def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
         require(rc.model.name != "conv" or shape[1] % 4 == 0 and shape[1] == shape[2],
                 "model", "conv", f"model=conv takes square images whose side is a multiple of 4 "
                 f"(28, 32, 64, ...), not {shape[1]}x{shape[2]}: set dataset.size, or model=mlp")
+        if rc.eval.inception_weights and rc.eval.quality_images and not quality.by_digits(
+                rc.dataset.name, shape):
+            quality.check_inception(rc.eval.inception_weights)
     if training and shape is not None:
         check_memory(rc, device)
     return rc
@@ -299,8 +303,10 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
     for key, value in (overrides or {}).items():
         require(key.startswith("eval.") or key in free, key, value, "cannot change at "
                 f"evaluation; only eval.* and {', '.join(free)} can")
-        try:
-            OmegaConf.update(cfg, key, value, merge=False)
+        try:  # an eval key newer than the run (its config lacks it) may be given too
+            newer = key in {f"eval.{f.name}" for f in dataclasses.fields(config.EvalConfig)}
+            with open_dict(cfg) if newer else contextlib.nullcontext():
+                OmegaConf.update(cfg, key, value, merge=False)
         except Exception:  # noqa: BLE001 (OmegaConf's errors for a key it lacks)
             raise ConfigError(key, value, "not a key of this run's config") from None
     return checked(cfg, training=False), state

@@ -228,15 +228,15 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     seconds it all took (the classifier's import and the test images' statistics included).
     {} where the images are no 28×28 digits (the classifier knows digits only)."""
     n = min(cfg.eval.quality_images, len(data.test))
-    digits = data.image_shape == (1, 28, 28) and data.name.startswith("mnist")
+    from vaerun import quality
+
+    digits = quality.by_digits(data.name, data.image_shape)
     if not n or not (digits or cfg.eval.inception_weights):
         if n:
             log.info("no sample quality: vaerun's classifier knows 28x28 grey digits only; "
                      "eval.inception_weights=PATH (Inception v3 weights for torchmetrics' FID) "
                      "scores these images")
         return {}
-    from vaerun import quality
-
     started, test = time.perf_counter(), data.test[:n]
     metric = (quality.fid_metric(f"{data.name}:{data.cfg!r}:{len(test)}", test) if digits else
               quality.inception_metric(cfg.eval.inception_weights, test, data.image_shape))

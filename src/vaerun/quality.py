@@ -16,13 +16,14 @@ images' statistics are computed once per data set in a process and kept (as pPCA
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import math
 from importlib import resources
 
 import torch
 from torch import Tensor, nn
 
-from vaerun.errors import DataError
+from vaerun.errors import ConfigError, DataError
 
 WEIGHTS = "lenet.pt"
 # SHA-256 of the shipped weights (bundled/classifier/lenet.pt), checked when they are loaded
@@ -108,6 +109,19 @@ def fid_metric(key: str, test: Tensor, batch_size: int = 1000):
     return _METRICS[key]
 
 
+def by_digits(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether vaerun's digit classifier scores these images (28×28 grey MNIST), not Inception."""
+    return tuple(shape) == (1, 28, 28) and name.startswith("mnist")
+
+
+def check_inception(path: str) -> None:
+    """Refuse Inception weights torchmetrics cannot use here, before a run trains."""
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ConfigError("eval.inception_weights", path, "torchmetrics' Inception features "
+                          "need torch-fidelity: pip install torch-fidelity (or "
+                          "eval.quality_images=0: no sample quality)")
+
+
 def inception_metric(path: str, test: Tensor, shape: tuple[int, ...], batch_size: int = 100):
     """torchmetrics' FrechetInceptionDistance in Inception v3's features, from the weights file
     `path` (nothing is downloaded), the test images `test` ([N, D], `shape` each) its real half."""
@@ -117,8 +131,6 @@ def inception_metric(path: str, test: Tensor, shape: tuple[int, ...], batch_size
         metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
                                           feature_extractor_weights_path=str(path)).to(test.device)
     except (ImportError, ModuleNotFoundError, RuntimeError) as e:
-        from vaerun.errors import ConfigError
-
         raise ConfigError("eval.inception_weights", path, f"torchmetrics' Inception features "
                           f"could not be built ({str(e).splitlines()[0]}); they need "
                           "torch-fidelity: pip install torch-fidelity") from None
