@@ -217,7 +217,8 @@ class Session:
 
 def config_changes(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two configs, except those a resume may change."""
-    a, b, free = config.flat(saved), config.flat(current), set(config.free_keys(resume=True))
+    a, b = ({**config.defaults(c), **config.flat(c)} for c in (saved, current))  # a key newer
+    free = set(config.free_keys(resume=True))  # than the run: its default
     a.setdefault("scheduler.name", "none")  # runs saved before schedules existed
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in free]
 

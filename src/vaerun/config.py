@@ -262,6 +262,22 @@ def free_keys(resume: bool = False) -> list[str]:
     return out
 
 
+def defaults(plain: dict[str, Any]) -> dict[str, Any]:
+    """The schema's default of every key of the options a config names, flat (`model.init`):
+    the value a run saved before that key was in its yaml file had."""
+    out: dict[str, Any] = {}
+    for group in (*PARTS, "trainer", "eval", "loss"):
+        node = plain.get(group)
+        schema = {"trainer": TrainerConfig, "eval": EvalConfig, "loss": LossConfig}.get(group) or \
+            getattr(REGISTRIES[group].get(node.get("name") if isinstance(node, dict) else None),
+                    "Config", None)
+        if schema is not None:
+            obj = schema()
+            out.update(flat({f.name: getattr(getattr(obj, f.name), "value", getattr(obj, f.name))
+                             for f in fields(obj)}, group))
+    return out
+
+
 @dataclass
 class RunConfig:  # the whole run, typed and checked: what training and evaluation read
     dataset: Any
