@@ -321,6 +321,7 @@ def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch
     import signal
 
     import vaerun
+    from vaerun.data import polled
     from vaerun.errors import Interrupted
     from vaerun.images import Images
 
@@ -333,8 +334,8 @@ def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch
         if len(polls) == 3:
             raise Interrupted(signal.SIGINT)
 
-    with pytest.raises(Interrupted):
-        Images(Images.Config(root=str(photos), size=8, channels=3), poll=stop_after_three)
+    with pytest.raises(Interrupted), polled(stop_after_three):
+        Images(Images.Config(root=str(photos), size=8, channels=3))
     assert len(polls) == 3 and not (tmp_path / "cache").exists()
 
     class CtrlC(logging.Handler):  # a Ctrl-C the moment decoding begins, in a whole training

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaerun import config, images, optim, quality, slurm  # noqa: F401 (images: datasets)
 from vaerun.config import Recon, RunConfig, require
-from vaerun.data import Dataset
+from vaerun.data import Dataset, polled
 from vaerun.elbo import Meter, Objective, step_bytes
 from vaerun.errors import ConfigError, DataError, Refused, UserError
 from vaerun.likelihoods import Likelihood
@@ -110,8 +110,9 @@ def build(cfg: RunConfig, device: torch.device, new: bool = True,
     its records (checkpoint, overrides), user input that must not choose where a download
     writes. `poll()` may raise to stop a long load (the first decoding of a folder of images)."""
     try:
-        data = Dataset.lookup(cfg.dataset.name)(
-            cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device, poll)
+        with polled(poll):
+            data = Dataset.lookup(cfg.dataset.name)(
+                cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device)
     except DataError as e:
         later = ("; a resumed or evaluated run (trainer.resume=true, vaerun eval) downloads "
                  "nothing, as its records may not choose where a download writes: a new run "

@@ -8,13 +8,15 @@ run's seed, and a batch is rows of them: no DataLoader and no per-sample Python.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import gzip
 import hashlib
 import logging
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,6 +33,18 @@ log = logging.getLogger(__name__)
 
 TEST_NOISE_SEED = 0  # the test set's binarisation/dequantisation noise is fixed across runs
 STATIC_TRAIN_SEED = 1  # the one binarisation of `binarize=static`
+# a command's stop request, polled by a long load (the first decoding of a folder of images)
+# between images: it may raise to stop it. Set around a Dataset's construction (`polled`)
+POLL: ContextVar[Callable[[], None]] = ContextVar("vaerun_poll", default=lambda: None)
+
+
+@contextlib.contextmanager
+def polled(poll: Callable[[], None] | None) -> Iterator[None]:
+    token = POLL.set(poll or (lambda: None))
+    try:
+        yield
+    finally:
+        POLL.reset(token)
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -125,9 +139,8 @@ class Dataset(Registered):
                 raise ConfigError(f"{key}.{k}", n, f"must be between 1 and {total} "
                                   f"(the {k[2:]} images of {cls.name})")
 
-    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu",
-                 poll: Callable[[], None] | None = None):
-        self.cfg, self.poll = cfg, poll or (lambda: None)  # poll: may raise to stop a long load
+    def __init__(self, cfg: DataConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
         self.device = torch.device(device)
         train, test = self.arrays()
         digest = hashlib.sha256(repr((train.shape, test.shape)).encode())

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vaerun.config import require, require_at_least
-from vaerun.data import DataConfig, Dataset
+from vaerun.data import POLL, DataConfig, Dataset
 from vaerun.errors import ConfigError, DataError
 from vaerun.rundir import write_atomic
 
@@ -167,10 +167,10 @@ class Images(Dataset):
                          len(files), time.perf_counter() - started)
             return out
 
-        pool, got = ThreadPoolExecutor(max_workers=os.cpu_count() or 1), []
+        pool, got, poll = ThreadPoolExecutor(max_workers=os.cpu_count() or 1), [], POLL.get()
         try:  # a stop request is polled between images: decoding writes nothing until the end
             for image in pool.map(one, files):
-                self.poll()
+                poll()
                 got.append(image)
         finally:
             pool.shutdown(cancel_futures=True)
