@@ -166,3 +166,26 @@ def test_the_model_keys_the_readme_lists_are_taken_and_old_runs_still_resume(vae
     assert vaerun("train", *SMALL, "trainer.epochs=2", "trainer.resume=true",
                   f"hydra.run.dir={plain}") == 0
     assert json.loads((plain / "metrics.json").read_text())["epoch"] == 2
+
+
+def test_a_path_from_home_is_taken_as_the_shell_passes_it(vaerun, tmp_path, monkeypatch):
+    """`dataset.root=~/data`, as docs/images.md and conf/dataset/cifar10.yaml write it: the
+    shell leaves a ~ after `key=` as it is, and Hydra's grammar has no ~ in a value, so the
+    command was "token recognition error at: '~'". A value that is ~ or begins with ~/ is a
+    path from your home folder, for every key that takes a path."""
+    from PIL import Image
+
+    import vaerun as api
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    for i in range(4):
+        Image.new("RGB", (12, 12), (60 * i, 0, 0)).save(tmp_path / "photos" / f"{i}.png")
+    (tmp_path / "w.pth").write_bytes(b"")
+    cfg = api.compose(["dataset=images", "dataset.root=~/photos", "eval.quality_images=0",
+                       "eval.inception_weights=~/w.pth"])
+    assert (cfg.dataset.root, cfg.eval.inception_weights) == ("~/photos", "~/w.pth")
+    assert vaerun("train", "dataset=images", "dataset.root=~/photos", "dataset.size=8",
+                  "trainer.batch_size=2", "trainer.epochs=1", "eval.iwae_k=0",
+                  "hydra.run.dir=~/runs/mine") == 0
+    assert json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["epoch"] == 1

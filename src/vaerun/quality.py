@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import os
 from importlib import resources
 
 import torch
@@ -129,7 +130,7 @@ def inception_metric(path: str, test: Tensor, shape: tuple[int, ...], batch_size
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
-                                          feature_extractor_weights_path=str(path)).to(test.device)
+                                          feature_extractor_weights_path=os.path.expanduser(path)).to(test.device)
     except (ImportError, ModuleNotFoundError, RuntimeError) as e:
         raise ConfigError("eval.inception_weights", path, f"torchmetrics' Inception features "
                           f"could not be built ({str(e).splitlines()[0]}); they need "
