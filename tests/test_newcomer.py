@@ -84,6 +84,12 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
     (["trainer.epoch=3"], "did you mean trainer.epochs?", "pick a trainer option"),
     (["likelihood.sigm=0.2", "likelihood=gaussian"], "did you mean likelihood.sigma?",
      "vaerun train likelihood=... likelihood.sigm"),
+    # a key of another option: "(did you mean likelihood.name?)" before, and conv listed
+    # among the models that have bias_from_data
+    (["likelihood.sigma=0.1"], "pick a likelihood option that has it (gaussian), e.g. vaerun "
+     "train likelihood=gaussian likelihood.sigma=...", "did you mean"),
+    (["model=conv", "model.bias_from_data=true"], "pick a model option that has it (linear, "
+     "mlp)", "conv,"),
     # a key added with + was OmegaConf's "Key 'sigmaa' not in 'Config'", its value None
     (["likelihood=gaussian", "+likelihood.sigmaa=0.2"], "likelihood.sigmaa is not a key of "
      "likelihood=gaussian (did you mean sigma?); its keys: name, sigma", "None"),

@@ -240,12 +240,12 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
             if p.is_delete() or p.is_add() or p.is_force_add() or key in groups or \
                     key.startswith("hydra.") or any(k == key or k.startswith(key + ".") for k in keys):
                 continue
-            hint = did_you_mean(key, keys)
-            opts = loader.get_group_options(group) if group in groups and not hint else []
-            pick = (f"; or pick a {group} option that has it ({', '.join(opts)}), e.g. vaerun "
-                    f"train {group}=... {key}=..." if len(opts) > 1 else "")
-            return key, None, "", (f"{key} is not a key of this config{hint}{pick}; `vaerun "
-                                   "train --cfg job` lists the keys")
+            opts = [o for o in (loader.get_group_options(group) if group in groups else [])
+                    if key in flat(OmegaConf.to_container(hydra_compose(name, [f"{group}={o}"])))]
+            hint = (f"; pick a {group} option that has it ({', '.join(opts)}), e.g. vaerun train "
+                    f"{group}={opts[0]} {key}=..." if opts else did_you_mean(key, keys))
+            return key, None, "", (f"{key} is not a key of this config{hint}; `vaerun train "
+                                   "--cfg job` lists the keys")
     return "config", None, "", one_line(e)
 
 
