@@ -149,7 +149,8 @@ def send():  # both arrive while the main thread is inside one long torch call
     inside.wait()
     time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGTERM)
-    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.01)  # 10 ms apart: sent back to back, both could be pending at once, and the
+    os.kill(os.getpid(), signal.SIGINT)  # kernel delivers the lower number first
 
 with StopRequests(saves="") as stop:
     threading.Thread(target=send).start()
@@ -173,6 +174,51 @@ def test_the_first_signal_to_arrive_sets_the_status_even_when_two_arrive_togethe
     assert proc.returncode == 0, proc.stderr
     assert "first 15" in proc.stdout, proc.stdout + proc.stderr
     assert "signal 2: already stopping (on signal 15)" in proc.stderr, proc.stderr
+
+
+MID_WRITE = """
+import fcntl, io, logging, os, signal, struct, termios, threading
+from vaerun.signals import StopRequests
+
+r, w = os.pipe()
+size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(w, "w")))
+log = logging.getLogger("vaerun")
+log.addHandler(logging.StreamHandler(stream))
+log.setLevel(logging.INFO)
+got = []
+
+def drain():
+    while struct.unpack("i", fcntl.ioctl(r, termios.FIONREAD, b"\\0" * 4))[0] < size:
+        pass  # until the pipe is full: the main thread is blocked inside its write
+    os.kill(os.getpid(), signal.SIGINT)
+    while chunk := os.read(r, 1 << 20):
+        got.append(chunk)
+
+reader = threading.Thread(target=drain)
+reader.start()
+with StopRequests(saves="") as stop:
+    log.info("x" * (4 * size))
+stream.close()
+reader.join()
+print("stopped", stop.signum, b"signal 2: stopping at the next safe point" in b"".join(got))
+"""
+
+
+def test_a_signal_inside_a_log_write_is_logged_after_it_never_into_it(tmp_path):
+    """A signal that lands while the main thread is inside a log file's write (a long line,
+    a slow disk) ran the handler within that write, and the handler's own log line wrote into
+    the same file: "--- Logging error --- RuntimeError: reentrant call" on stderr, the line
+    lost (seen in CI, a SIGINT during the final evaluation). The handler queues its line; a
+    thread logs it once the write is done."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MID_WRITE], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "stopped 2 True", proc.stdout + proc.stderr
+    assert "Logging error" not in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")

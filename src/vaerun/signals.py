@@ -14,12 +14,18 @@ long torch call) in the order of their numbers, not of their arrival: SIGTERM th
 10 ms apart would be handled as SIGINT first. The C-level handler writes each signal's number
 to the wakeup fd (`signal.set_wakeup_fd`) the moment it arrives, so the first handler reads the
 arrival order back from there.
+
+The handler logs nothing itself: a signal that lands while the main thread writes a log line
+would write into the same file from within that write (logging's "--- Logging error ---",
+a reentrant call). It queues its line (`SimpleQueue.put` is safe in a signal handler) for a
+thread of the context's own, which logs it at once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import threading
 from typing import Any
@@ -44,6 +50,8 @@ class StopRequests:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
         self._wakeup: tuple[int, int, int] | None = None  # (read end, write end, previous fd)
+        self._lines: queue.SimpleQueue = queue.SimpleQueue()  # the handler's, for `_say`
+        self._sayer: threading.Thread | None = None
 
     @property
     def requested(self) -> bool:
@@ -67,13 +75,19 @@ class StopRequests:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             self.signum = self._arrived_first(signum)
-            log.warning("signal %d: stopping at the next safe point; %s", self.signum,
-                        f"then writing the {self.saves}" if self.saves else "nothing is saved")
+            self._lines.put(("signal %d: stopping at the next safe point; %s", self.signum,
+                             f"then writing the {self.saves}" if self.saves else
+                             "nothing is saved"))
             if signum == self.signum:
                 return
         elif signum == self.signum:  # the first signal's own handler, run after another's
             return
-        log.warning("signal %d: already stopping (on signal %d)", signum, self.signum)
+        self._lines.put(("signal %d: already stopping (on signal %d)", signum, self.signum))
+
+    def _say(self) -> None:
+        """Log the handler's lines, in this thread, until the context ends (None)."""
+        while (line := self._lines.get()) is not None:
+            log.warning(*line)
 
     def __enter__(self) -> StopRequests:
         self.signum = None
@@ -83,6 +97,8 @@ class StopRequests:
             os.set_blocking(w, False)
             self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
             self._old = {s: signal.signal(s, self._handle) for s in self.signals}
+            self._sayer = threading.Thread(target=self._say, name="vaerun-stop-lines", daemon=True)
+            self._sayer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,3 +111,7 @@ class StopRequests:
             os.close(r)
             os.close(w)
             self._wakeup = None
+        if self._sayer is not None:  # every line said before the context ends
+            self._lines.put(None)
+            self._sayer.join()
+            self._sayer = None
