@@ -230,12 +230,13 @@ def test_a_refused_command_leaves_the_run_directory_untouched(vaerun, tmp_path):
 # -- 4: one command per run directory; every test metric knows its step -------------------------
 def test_an_eval_or_a_resume_during_training_is_refused_naming_the_holder(tmp_path):
     run = tmp_path / "run"
-    proc = start(["train", "dataset.n_train=20000", "dataset.n_test=256", "trainer.epochs=3",
+    # 30 epochs: longer than the two commands take (3 ended first under load), stopped below
+    proc = start(["train", "dataset.n_train=20000", "dataset.n_test=256", "trainer.epochs=30",
                   "trainer.batch_size=64", "eval.iwae_k=2", f"hydra.run.dir={run}"], tmp_path)
     try:
         wait_for(run / "train.log", "training ")
         for cmd in (["eval", f"run_dir={run}"],
-                    ["train", "dataset.n_train=20000", "dataset.n_test=256", "trainer.epochs=3",
+                    ["train", "dataset.n_train=20000", "dataset.n_test=256", "trainer.epochs=30",
                      "trainer.batch_size=64", "eval.iwae_k=2", f"hydra.run.dir={run}",
                      "trainer.resume=true"]):
             other = run_process(cmd, cwd=tmp_path)
