@@ -255,6 +255,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
     (trainer.device, trainer.threads)."""
     from vaerun import runtime
     from vaerun.assemble import load_config, load_run
+    from vaerun.data import polled
     from vaerun.evaluation import evaluate_run
     from vaerun.logs import RunLog
     from vaerun.signals import StopRequests
@@ -272,7 +273,8 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
-            data, vae = load_run(rd.path, cfg, state, poll=stop.check)
+            with polled(stop.check):
+                data, vae = load_run(rd.path, cfg, state)
             rd.claim()
             runlog = RunLog(rd)
             try:

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaerun import config, images, optim, quality, slurm  # noqa: F401 (images: datasets)
 from vaerun.config import Recon, RunConfig, require
-from vaerun.data import Dataset, polled
+from vaerun.data import Dataset
 from vaerun.elbo import Meter, Objective, step_bytes
 from vaerun.errors import ConfigError, DataError, Refused, UserError
 from vaerun.likelihoods import Likelihood
@@ -102,17 +101,15 @@ def check_memory(cfg: RunConfig, device: torch.device, have: int | None = None) 
                                                        "before they are read: give their number)"))
 
 
-def build(cfg: RunConfig, device: torch.device, new: bool = True,
-          poll: Callable[[], None] | None = None) -> tuple[Dataset, VAE]:
+def build(cfg: RunConfig, device: torch.device, new: bool = True) -> tuple[Dataset, VAE]:
     """The data (in memory on `device`) and the VAE with its likelihood, untrained. With the
     squared error for loss (loss.recon=sse) the Gaussian's σ is the one the loss implies.
     Only a `new` run downloads missing data: a resumed or evaluated one takes its config from
     its records (checkpoint, overrides), user input that must not choose where a download
-    writes. `poll()` may raise to stop a long load (the first decoding of a folder of images)."""
+    writes. A long load (the first decoding of a folder of images) polls `data.POLL`."""
     try:
-        with polled(poll):
-            data = Dataset.lookup(cfg.dataset.name)(
-                cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device)
+        data = Dataset.lookup(cfg.dataset.name)(
+            cfg.dataset if new else dataclasses.replace(cfg.dataset, download=False), device)
     except DataError as e:
         later = ("; a resumed or evaluated run (trainer.resume=true, vaerun eval) downloads "
                  "nothing, as its records may not choose where a download writes: a new run "
@@ -253,8 +250,7 @@ def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
     return state
 
 
-def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir,
-          poll: Callable[[], None] | None = None) -> Session:
+def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir) -> Session:
     """A new run in `run_dir`, or the run its checkpoint holds when `trainer.resume` allows
     (`resume_state`, before anything is built)."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -263,7 +259,7 @@ def start(cfg: RunConfig, run_dir: str | os.PathLike | RunDir,
     seed = state["seed"] if state else cfg.trainer.seed
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
     torch.manual_seed(seed)
-    data, vae = build(cfg, device, new=state is None and not cfg.trainer.resume, poll=poll)
+    data, vae = build(cfg, device, new=state is None and not cfg.trainer.resume)
     opt = optim.make_optimizer(cfg.optimizer, vae.param_groups(cfg.optimizer["lr"]))
     sched = optim.Scheduler.lookup(cfg.scheduler.name).build(cfg.scheduler, opt, cfg.trainer.epochs)
     session = Session(cfg, rd, device, data, vae, opt, sched, torch.Generator().manual_seed(seed),
@@ -314,11 +310,10 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
     return checked(cfg, training=False), state
 
 
-def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any],
-             poll: Callable[[], None] | None = None) -> tuple[Dataset, VAE]:
+def load_run(run_dir: str | os.PathLike, cfg: RunConfig, state: dict[str, Any]
+             ) -> tuple[Dataset, VAE]:
     """The data and trained VAE of a saved run (`load_config`'s config and state)."""
-    rd = RunDir(run_dir)
-    data, vae = build(cfg, resolve_device(cfg.trainer.device), new=False, poll=poll)
+    rd, (data, vae) = RunDir(run_dir), build(cfg, resolve_device(cfg.trainer.device), new=False)
     same_data(state, data, rd)
     rd.fits(lambda: vae.load_state_dict(state["model"]))
     return data, vae

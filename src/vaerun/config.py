@@ -272,9 +272,7 @@ def defaults(plain: dict[str, Any]) -> dict[str, Any]:
             getattr(REGISTRIES[group].get(node.get("name") if isinstance(node, dict) else None),
                     "Config", None)
         if schema is not None:
-            obj = schema()
-            out.update(flat({f.name: getattr(getattr(obj, f.name), "value", getattr(obj, f.name))
-                             for f in fields(obj)}, group))
+            out.update(flat(Registered.hparams(schema()), group))
     return out
 
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 from tqdm import tqdm
 
-from vaerun import ppca
+from vaerun import ppca, quality
 from vaerun.data import Dataset, to_float
 from vaerun.elbo import Objective, evaluate, seeded
 from vaerun.logs import ProgressLines, RunLog, phase
@@ -228,8 +228,6 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     seconds it all took (the classifier's import and the test images' statistics included).
     {} where the images are no 28×28 digits (the classifier knows digits only)."""
     n = min(cfg.eval.quality_images, len(data.test))
-    from vaerun import quality
-
     digits = quality.by_digits(data.name, data.image_shape)
     if not n or not (digits or cfg.eval.inception_weights):
         if n:

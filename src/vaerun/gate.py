@@ -155,9 +155,9 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
     parser, out = OverridesParser.create(), []
     for o in overrides:
         key, value = o.split("=", 1)[0].lstrip("+~"), o.split("=", 1)[-1]
-        if "=" in o and (value == "~" or value.startswith("~/")):  # a path from home, as the
-            o = f"{o.split('=', 1)[0]}={hydra_quoted(value)}"  # shell leaves it: Hydra's grammar
-            #                                                    has no ~ in a value
+        if "=" in o and (value == "~" or value.startswith("~/")):  # a path from home, left as
+            o = f"{o.split('=', 1)[0]}={hydra_quoted(value)}"  # is by the shell: quoted, since
+            #                                                    Hydra's grammar has no ~ in a value
         if any(ord(c) < 32 or ord(c) == 127 for c in o):
             raise ConfigError(key, value, "a value with a control character (a newline?) is not "
                               "taken; write it on one line")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
 from vaerun.config import DEFINING, HEADLINE, RunConfig, hparam_columns, hparams
+from vaerun.data import polled
 from vaerun.elbo import Meter, elbo_terms, evaluate, seeded
 from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
 from vaerun.evaluation import evaluate_run, write_pictures
@@ -50,7 +51,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
             rd.locked("train"), runtime.applied(device, t.threads, t.deterministic):
         stop.check()  # asked to stop before anything started: leave nothing behind
         try:
-            session = assemble.start(cfg, rd, poll=stop.check)
+            with polled(stop.check):  # a long load stops on a stop request too
+                session = assemble.start(cfg, rd)
             rd.metrics()  # a record it could not update: refused now
         except UserError as e:  # a run not accepted: its records stay as they were
             raise Refused(str(e)) from None

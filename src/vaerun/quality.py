@@ -129,8 +129,9 @@ def inception_metric(path: str, test: Tensor, shape: tuple[int, ...], batch_size
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        metric = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
-                                          feature_extractor_weights_path=os.path.expanduser(path)).to(test.device)
+        metric = FrechetInceptionDistance(
+            feature=2048, normalize=True, reset_real_features=False,
+            feature_extractor_weights_path=os.path.expanduser(path)).to(test.device)
     except (ImportError, ModuleNotFoundError, RuntimeError) as e:
         raise ConfigError("eval.inception_weights", path, f"torchmetrics' Inception features "
                           f"could not be built ({str(e).splitlines()[0]}); they need "
