@@ -295,6 +295,24 @@ def test_a_checkpoint_with_odd_progress_is_one_line(tmp_path, trained, key, valu
         assert key in one_line(proc) or "data order" in one_line(proc)
 
 
+
+@pytest.mark.parametrize("name", [[1], {"a": 1}, 7])
+def test_a_checkpoint_naming_its_model_by_no_string_is_one_line(tmp_path, trained, name):
+    """A resume compares the checkpoint's config with the command's, a missing key read as its
+    schema default (the option's, by its name): a name that is a list or a dict was a
+    TypeError there (unhashable), a traceback. It is one line, as any other difference is."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["name"] = name
+    torch.save(state, path)
+    proc = run_process(["train", *SMALL, "trainer.resume=true", f"hydra.run.dir={run}"],
+                       cwd=tmp_path)
+    assert "model.name" in one_line(proc)
+
 @pytest.mark.parametrize("command", ["train", "eval", "train, no checkpoint"])
 def test_a_tampered_record_starts_no_download(tmp_path, trained, command):
     """A run's checkpoint and overrides are user input: set to `dataset.root=DIR`, a resume

@@ -267,10 +267,9 @@ def defaults(plain: dict[str, Any]) -> dict[str, Any]:
     the value a run saved before that key was in its yaml file had."""
     out: dict[str, Any] = {}
     for group in (*PARTS, "trainer", "eval", "loss"):
-        node = plain.get(group)
+        name = plain[group].get("name") if isinstance(plain.get(group), dict) else None
         schema = {"trainer": TrainerConfig, "eval": EvalConfig, "loss": LossConfig}.get(group) or \
-            getattr(REGISTRIES[group].get(node.get("name") if isinstance(node, dict) else None),
-                    "Config", None)
+            getattr(REGISTRIES[group].get(name) if isinstance(name, str) else None, "Config", None)
         if schema is not None:
             out.update(flat(Registered.hparams(schema()), group))
     return out
