@@ -542,3 +542,17 @@ def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
     got = vaerun.train([*args, "trainer.resume=true"], run_dir=tmp_path / "run")
     assert (got["status"], got["epoch"]) == ("finished", 3)
+
+
+def test_a_folder_given_as_run_dir_is_named_run_dir_when_refused(tmp_path):
+    """A refused `run_dir=` was named `hydra.run.dir`, a key the Python caller never wrote."""
+    (tmp_path / "etc").symlink_to("/etc")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.log").write_text("my notes")
+    for given, why in ((tmp_path / "etc" / "x", "is a system folder"),
+                       (tmp_path / "mine", "holds files vaerun did not write")):
+        with pytest.raises(vaerun.ConfigError) as e:
+            vaerun.train(["trainer.epochs=0"], run_dir=given)
+        assert str(e.value).startswith(f"run_dir='{given}' is not allowed: ") and e.value.key == \
+            "run_dir" and why in str(e.value) and "hydra" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["etc", "mine", "train.log"]

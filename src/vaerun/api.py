@@ -111,8 +111,14 @@ def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = Non
 
     where = [] if run_dir is None else [
         f"hydra.run.dir={gate.hydra_quoted(folder('run_dir', run_dir))}"]
-    with StopRequests() as stop:
-        (done,) = run_train([*one_run(overrides), *where], stop)
+    try:
+        with StopRequests() as stop:
+            (done,) = run_train([*one_run(overrides), *where], stop)
+    except UserError as e:  # the folder as the caller named it: run_dir, not hydra.run.dir
+        if where and str(e).startswith("hydra.run.dir"):
+            e.args = ("run_dir" + str(e).removeprefix("hydra.run.dir"),)
+            e.key = "run_dir"
+        raise
     if isinstance(done.error, BaseException):
         raise done.error
     return RunDir(done.folder).metrics()
