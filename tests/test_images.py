@@ -327,16 +327,16 @@ def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     photos = make_folder(tmp_path / "photos", n=40)
-    polls = []
+    polls, listed = [], sorted(photos.rglob("*"))
 
-    def stop_after_three():
+    def stop_after_three():  # the third image decoded (the listing and its stats poll first)
         polls.append(1)
-        if len(polls) == 3:
+        if len(polls) == len(listed) + 36 + 3:
             raise Interrupted(signal.SIGINT)
 
     with pytest.raises(Interrupted), polled(stop_after_three):
         Images(Images.Config(root=str(photos), size=8, channels=3))
-    assert len(polls) == 3 and not (tmp_path / "cache").exists()
+    assert len(polls) == len(listed) + 36 + 3 and not (tmp_path / "cache").exists()
 
     class CtrlC(logging.Handler):  # a Ctrl-C the moment decoding begins, in a whole training
         def emit(self, record):
@@ -352,3 +352,30 @@ def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch
         logging.getLogger("vaerun").removeHandler(handler)
     assert not (tmp_path / "cache").exists()
     assert "decoded" not in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_a_stop_while_listing_a_large_folder_stops_it(tmp_path, monkeypatch, caplog):
+    """Listing a folder polls the stop request at every entry: a root of ~ by mistake, or a
+    tree of millions of files, took minutes to list, and a Ctrl-C waited for all of it."""
+    import logging
+    import signal
+
+    from vaerun.data import polled
+    from vaerun.errors import Interrupted
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = make_folder(tmp_path / "photos", n=3)
+    for i in range(500):  # files that are not images, listed all the same
+        (photos / f"notes{i}.txt").write_text("x")
+    polls = []
+
+    def stop_at_the_tenth():
+        polls.append(1)
+        if len(polls) == 10:
+            raise Interrupted(signal.SIGINT)
+
+    with pytest.raises(Interrupted), polled(stop_at_the_tenth), caplog.at_level(logging.INFO):
+        Images(Images.Config(root=str(photos), size=8, channels=3))
+    assert len(polls) == 10 and not (tmp_path / "cache").exists()
+    assert "decoding" not in caplog.text

@@ -112,9 +112,16 @@ class Images(Dataset):
     def split(self) -> tuple[list[Path], list[Path]]:
         """The training and test files: train/ and test/ where both exist, else a seeded
         `test_fraction` of every image under root."""
-        root = Path(self.cfg.root).expanduser()
-        images = lambda d: sorted(p for p in d.rglob("*") if p.suffix.lower() in SUFFIXES  # noqa: E731
-                                  and p.is_file())
+        root, poll = Path(self.cfg.root).expanduser(), POLL.get()
+
+        def images(folder: Path) -> list[Path]:  # a stop request is polled at every entry: a
+            found = []  # large tree (a root of ~ by mistake) takes minutes to list
+            for p in folder.rglob("*"):
+                poll()
+                if p.suffix.lower() in SUFFIXES and p.is_file():
+                    found.append(p)
+            return sorted(found)
+
         if (root / "train").is_dir() and (root / "test").is_dir():
             return images(root / "train"), images(root / "test")
         files = images(root)
@@ -137,9 +144,10 @@ class Images(Dataset):
 
     def decoded(self, files: list[Path], split: str) -> np.ndarray:
         """[N, C, size, size] uint8 images of `files`, from the cache where it has them."""
-        c = self.cfg
+        c, poll = self.cfg, POLL.get()
         h = hashlib.sha256(repr((CACHE_VERSION, c.size, c.crop, c.channels)).encode())
         for p in files:
+            poll()
             st = p.stat()
             h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         path = cache_dir() / f"{self.name}-{split}-{h.hexdigest()[:24]}.npy"
@@ -167,7 +175,7 @@ class Images(Dataset):
                          len(files), time.perf_counter() - started)
             return out
 
-        pool, got, poll = ThreadPoolExecutor(max_workers=os.cpu_count() or 1), [], POLL.get()
+        pool, got = ThreadPoolExecutor(max_workers=os.cpu_count() or 1), []
         try:  # a stop request is polled between images: decoding writes nothing until the end
             for image in pool.map(one, files):
                 poll()
