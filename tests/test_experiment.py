@@ -87,6 +87,30 @@ def test_a_resume_at_a_stage_boundary_continues_the_schedule_exactly(vaerun, tmp
     assert [v for _, v in scalars(parts)["train/lr"]] == pytest.approx([0.01, 0.005, 0.0025])
 
 
+
+def test_a_cosine_run_refuses_more_epochs_on_resume_and_a_step_run_takes_them(vaerun, tmp_path,
+                                                                             capsys):
+    """A cosine schedule anneals over trainer.epochs, which its checkpoint holds: a finished
+    run resumed with more epochs trained the next epoch at lr = min_lr (0: test/elbo did not
+    move), then at a rising lr, neither schedule. It is refused, and nothing is changed; a step
+    schedule, which depends on the epoch alone, still takes more epochs."""
+    cosine, step = tmp_path / "cosine", tmp_path / "step"
+    assert vaerun("train", *SMALL, "scheduler=cosine", f"hydra.run.dir={cosine}") == 0
+    ckpt = cosine / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert vaerun("train", *SMALL, "scheduler=cosine", "trainer.epochs=4", "trainer.resume=true",
+                  f"hydra.run.dir={cosine}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert "over trainer.epochs=2 (scheduler=cosine)" in err and "trainer.epochs=2, or" in err
+    assert ckpt.read_bytes() == before
+    assert vaerun("train", *SMALL, "scheduler=step", "scheduler.step_size=1",
+                  f"hydra.run.dir={step}") == 0
+    assert vaerun("train", *SMALL, "scheduler=step", "scheduler.step_size=1", "trainer.epochs=3",
+                  "trainer.resume=true", f"hydra.run.dir={step}") == 0
+    assert json.loads((step / "metrics.json").read_text())["epoch"] == 3
+
 def bernoulli_vae(**cfg) -> VAE:
     lik = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 784)
     return VAE(MLP.Config(**cfg), lik, (1, 28, 28))

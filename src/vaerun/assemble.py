@@ -239,6 +239,11 @@ def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
                       f"{', '.join(changed)}); resume with its overrides or use another "
                       "hydra.run.dir")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
+    before = config.flat(state["config"]).get("trainer.epochs")
+    if before != t.epochs and optim.Scheduler.lookup(cfg.scheduler.name).over_epochs:
+        raise Refused(f"the run in {rd} anneals its lr over trainer.epochs={before} (scheduler="
+                      f"{cfg.scheduler.name}), so it cannot take trainer.epochs={t.epochs}: resume "
+                      f"with trainer.epochs={before}, or start a new run")
     if state["status"] == "finished" and state["epoch"] > t.epochs:
         raise Refused(f"the run in {rd} finished {state['epoch']} epochs, more than "
                       f"trainer.epochs={t.epochs}; resume with trainer.epochs={state['epoch']} "

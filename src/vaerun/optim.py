@@ -77,6 +77,7 @@ class Scheduler(Registered):
     registry: ClassVar[dict[str, type]] = {}
     group = "scheduler"
     Config = SchedulerConfig
+    over_epochs: ClassVar[bool] = False  # its lr depends on trainer.epochs, not on the epoch alone
 
     @staticmethod
     def build(cfg: Any, opt: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -111,6 +112,7 @@ class Step(Scheduler):
 
 class Cosine(Scheduler):
     name = "cosine"
+    over_epochs = True
 
     @dataclass
     class Config(SchedulerConfig):
