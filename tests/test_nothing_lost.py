@@ -371,6 +371,7 @@ ONE_LINE = {
     "--experimental-rerun pickle.pkl": "--experimental-rerun is not a flag vaerun passes",
     "-sc install=bash": "-sc is not a flag vaerun passes",
     "likelihood=gaussian likelihood.sigma=0.1 -m likelihood.sigma=0.1,0": "likelihood.sigma",
+    "-m likelihood=gaussian likelihood.sigma=0.1,1 --help": "--multirun and --help together",
 }
 
 

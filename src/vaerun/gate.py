@@ -105,7 +105,7 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
             raise UserError(f"{a}: {name} takes {takes}")
         flags[NAMES.get(name, "--help" if kind == "help" else name)] = value or True
         words += [name] if isinstance(kind, str) else [name, value]
-    if len(modes := [f for f in ("--multirun", "--cfg", "--info") if f in flags]) > 1:
+    if len(modes := [f for f in ("--multirun", "--cfg", "--info", "--help") if f in flags]) > 1:
         raise UserError(f"{' and '.join(modes)} together: choose one")
     if "--resolve" in flags and "--cfg" not in flags:
         raise UserError("--resolve goes with --cfg")
