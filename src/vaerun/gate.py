@@ -14,6 +14,7 @@ where the user did not name it, and checked. Then Hydra runs the jobs as planned
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -27,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vaerun.config import did_you_mean, flat, free_keys
-from vaerun.errors import ConfigError, UserError
+from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.rundir import RunDir
 
 CONFIG_MODULE, CONFIG_NAME = "vaerun.conf", "train"
@@ -337,10 +338,24 @@ def place(out: Plan, composed: list[DictConfig]) -> Plan:
     out.argv = [a for a in out.argv if not a.startswith(key + "=")] + [
         f"{key}={hydra_quoted(str(top.path))}"]
     out.sweep = top if what == "sweep" else None
-    for i, (cfg, rc) in enumerate(zip(composed, out.configs, strict=True)):
-        rd = RunDir(top.path / f"{i}_{short(cfg.hydra.job.override_dirname)}") if out.sweep else top
+    names = [short(c.hydra.job.override_dirname) for c in composed]
+    held = {} if not out.sweep or not top.path.is_dir() else {  # name -> the job folder it has
+        p.name.partition("_")[2]: p.name for p in top.path.iterdir() if p.name.partition("_")[
+            0].isdecimal() and RunDir(p).kind() == "run"}
+    seen: dict[str, int] = {}  # each job's config -> its first job
+    for i, (name, rc) in enumerate(zip(names, out.configs, strict=True)):
+        twin = seen.setdefault(repr(dataclasses.replace(rc, plain={})), i)  # typed: 1 == 1.0
+        if twin < i and rc.trainer.seed is not None:  # (seed null: each draws its own)
+            raise UserError(f"jobs {twin} and {i} of the sweep are the same run ({names[twin]} "
+                            f"and {name}): list each value once")
+        rd = RunDir(top.path / f"{i}_{name}") if out.sweep else top
         rd.check_place(f"{key} (job {i})" if out.sweep else key, "run")
         new = not rd.path.exists() or not any(rd.path.iterdir())
+        if out.sweep and new and held.get(name, rd.path.name) != rd.path.name:
+            raise Refused(f"job {i} ({name}) of this sweep is job {held[name].partition('_')[0]} "
+                          f"of the sweep in {top} ({held[name]}): a sweep resumes with its values "
+                          "in the order it began with; add new values at the end of each list, "
+                          "or choose another hydra.sweep.dir")
         rd.check_free()
         if resume_state(rc, rd) is not None:
             rd.metrics()  # its record, read back on resume: refused here, before Hydra writes
