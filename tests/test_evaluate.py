@@ -305,3 +305,24 @@ def test_the_documented_inception_weights_key_is_taken_by_train_and_eval(vaerun,
         assert err.startswith("error: eval.inception_weights=") and "pip install torch-fidelity" \
             in err and "\n" not in err
         assert not (tmp_path / "r2").exists()
+
+
+def test_a_finished_run_resumed_with_other_eval_keys_says_how_to_evaluate_it(vaerun, tmp_path):
+    """`trainer.resume=true eval.iwae_k=50` on a finished run did nothing and said only
+    "nothing to do": the eval keys were dropped in silence. The log names them and the
+    `vaerun eval` line that uses them, which then measures what it says."""
+    run = tmp_path / "run"
+    args = [*SMALL, "trainer.epochs=1", "eval.iwae_k=0", "eval.quality_images=0",
+            f"hydra.run.dir={run}"]
+    assert vaerun("train", *args) == 0
+    assert vaerun("train", *args, "trainer.resume=true", "eval.iwae_k=5") == 0
+    said = [ln for ln in (run / "train.log").read_text().splitlines() if "not redone" in ln]
+    assert len(said) == 1 and said[0].endswith(
+        f"its evaluation is not redone for eval.iwae_k=5: `vaerun eval run_dir={run} "
+        "eval.iwae_k=5` evaluates it again")
+    assert "test/nll_iwae" not in json.loads((run / "metrics.json").read_text())
+    assert vaerun("eval", f"run_dir={run}", "eval.iwae_k=5") == 0
+    assert "test/nll_iwae" in json.loads((run / "metrics.json").read_text())
+    assert vaerun("train", *args, "trainer.resume=true") == 0  # the same keys: nothing to say
+    assert len([ln for ln in (run / "train.log").read_text().splitlines() if "not redone" in ln
+                ]) == 1

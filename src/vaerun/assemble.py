@@ -164,6 +164,7 @@ class Session:
     meter: Meter = field(default_factory=Meter)  # train/* terms since the last logged point
     opened: float = field(default_factory=time.perf_counter)  # when this command took it up
     wall_before: float = 0.0  # wall-clock seconds of earlier commands on this run (resumes)
+    recorded: dict = field(default_factory=dict)  # the config its checkpoint holds (resumes)
 
     @property
     def wall_seconds(self) -> float:
@@ -207,6 +208,7 @@ class Session:
         self.seed, self.status = state["seed"], state["status"]
         self.meter = Meter.from_state(state.get("meter"), self.device)
         self.wall_before, self.resumed = state.get("wall_seconds", 0.0), True
+        self.recorded = state["config"]
 
     @property
     def finished(self) -> bool:

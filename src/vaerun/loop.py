@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import time
 import warnings
 from typing import Any
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from vaerun import assemble, runtime
 from vaerun.assemble import Session
-from vaerun.config import DEFINING, HEADLINE, RunConfig, hparam_columns, hparams
+from vaerun.config import DEFINING, HEADLINE, RunConfig, flat, hparam_columns, hparams
 from vaerun.data import polled
 from vaerun.elbo import Meter, elbo_terms, evaluate, seeded
 from vaerun.errors import Interrupted, NonFiniteError, OutOfMemory, Refused, RunFailed, UserError
@@ -63,6 +64,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
         if session.finished:
             log.info("%s is already finished (epoch %d of %d); nothing to do", rd,
                      session.progress.epoch, cfg.trainer.epochs)
+            had, asked = (flat(c.get("eval"), "eval") for c in (session.recorded, cfg.plain))
+            if changed := [f"{k}={v}" for k, v in asked.items() if had.get(k, v) != v]:
+                log.warning("its evaluation is not redone for %s: `vaerun eval %s` evaluates it "
+                            "again", ", ".join(changed), shlex.join([f"run_dir={rd}", *changed]))
             metrics = rd.metrics()
             if set(FAILURE) & metrics.keys():  # an earlier command's failure
                 metrics = {k: v for k, v in metrics.items() if k not in FAILURE}
