@@ -176,3 +176,42 @@ def test_a_notebooks_anomaly_mode_keeps_no_run_from_being_captured(tmp_path, mon
         assert torch.is_anomaly_enabled()
     log = (tmp_path / "run" / "train.log").read_text()
     assert "capturing the training step" in log and "could not be captured" not in log
+
+
+def test_auto_chooses_by_the_runs_steps_so_a_resumed_run_trains_as_it_began(tmp_path,
+                                                                            monkeypatch):
+    """`trainer.compile=auto` on the CPU chose by the steps left: a long run resumed near its
+    end trained eager where the whole run trained compiled, so its numbers were not the
+    uninterrupted run's. It chooses by the run's steps (here the threshold is 12 and a run
+    16 steps: 8 left after a Ctrl-C as epoch 1 of 2 ends)."""
+    import logging
+    import os
+    import signal
+
+    import vaerun
+    from vaerun import step
+
+    monkeypatch.setattr(TrainStep, "backend", "aot_eager")
+    monkeypatch.setattr(step, "CPU_STEPS_TO_PAY", 12)
+
+    class CtrlC(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("epoch 1/2: the test set's terms"):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    args = [*SMALL, "eval.quality_images=0", "eval.iwae_k=0", "likelihood=gaussian"]
+    whole = vaerun.train(args, run_dir=tmp_path / "whole")
+    logging.getLogger("vaerun").addHandler(handler := CtrlC())
+    try:
+        with pytest.raises(vaerun.Interrupted):
+            vaerun.train(args, run_dir=tmp_path / "parts")
+    finally:
+        logging.getLogger("vaerun").removeHandler(handler)
+    parts = vaerun.train([*args, "trainer.resume=true"], run_dir=tmp_path / "parts")
+    for k in ("test/elbo", "test/kl", "test/mse"):
+        assert parts[k] == whole[k], k
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "parts"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("time/compile_seconds")] == [8, 16]  # each command's

@@ -143,9 +143,10 @@ class Trainer:
         self.last_loss: float | None = None
         self.compare, self.swept = list(compare), swept  # what the command varied (HParams)
         self.objective = assemble.objective(self.cfg, session.data.dim)
-        left = self.steps_per_epoch * self.cfg.trainer.epochs - self.p.step
+        # auto chooses by the run's steps, not those left: a resumed run trains as it began
+        steps = self.steps_per_epoch * self.cfg.trainer.epochs
         self.train_step = TrainStep(session.vae, session.opt, self.objective,
-                                    compile_mode(self.cfg.trainer.compile, session.device, left))
+                                    compile_mode(self.cfg.trainer.compile, session.device, steps))
         self.train_step.progress_seconds = self.cfg.trainer.progress_seconds
         # every image once an epoch, the last batch padded to the others' shape (mask 0)
         total = self.steps_per_epoch * self.bs
