@@ -407,3 +407,19 @@ def test_a_sweep_extended_out_of_order_or_with_a_value_twice_is_refused(vaerun, 
     for run in ("0_likelihood.sigma=0.1", "1_likelihood.sigma=1"):
         ckpt = sweep / run / "checkpoints" / "last.pt"
         assert ckpt.stat().st_mtime_ns == listing[ckpt]
+
+
+def test_a_report_says_when_runs_of_one_seed_are_counted_as_seeds(vaerun, tmp_path):
+    """Two runs of one config and one seed (a notebook's cell run twice into two folders, a run
+    copied) were counted n = 2, as if two seeds: the report says which groups repeat a seed."""
+    import shutil
+
+    mine = tmp_path / "mine"
+    assert vaerun("train", *TINY, "eval.iwae_k=0", "eval.quality_images=0",
+                  f"hydra.run.dir={mine / 'a'}") == 0
+    shutil.copytree(mine / "a", mine / "b")
+    assert vaerun("report", f"sweep_dir={mine}", f"out={tmp_path / 'report'}") == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| all runs |" not in text and "| 2 |" in text
+    assert "Runs of the same seed are repeats of one run, not seeds: n counts each, and the ± " \
+        "is not a spread over seeds, in all runs (seed 0 2 times)." in text

@@ -95,6 +95,12 @@ def table(groups: list[Group], cols: list[str], metrics: list[str]) -> list[str]
                     for g in groups]
 
 
+def repeats(g: Group) -> dict[Any, int]:
+    """The seeds (as each run recorded it) that more than one run of the group has."""
+    seeds = [s for r in g.runs if is_number(s := r.metrics.get("seed")) and math.isfinite(s)]
+    return {s: seeds.count(s) for s in dict.fromkeys(seeds) if seeds.count(s) > 1}
+
+
 def _why(r: Run) -> str:
     """What an unfinished run's record says of it: its error, or where it stopped. A process
     killed without warning (SIGKILL, the OOM killer, a node lost) leaves `running` behind."""
@@ -128,6 +134,10 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
 
     lines += same([m for m in constant if m in HEADLINE])
     lines += table(groups, cols, [m for m in HEADLINE if m in shown])
+    if repeated := [f"{g.label} ({', '.join(f'seed {int(s)} {n} times' for s, n in c.items())})"
+                    for g in groups if (c := repeats(g))]:
+        lines += ["", "Runs of the same seed are repeats of one run, not seeds: n counts each, "
+                  f"and the ± is not a spread over seeds, in {'; '.join(repeated)}."]
     lines += ["", "<details><summary>All metrics</summary>", "",
               *same([m for m in constant if m not in HEADLINE]), *table(groups, cols, shown), "",
               "</details>", "", "## Unfinished or failed runs", ""]
