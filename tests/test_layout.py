@@ -120,3 +120,22 @@ def test_a_new_likelihood_is_one_class_and_one_yaml(vaerun, tmp_path):
 
     want = CauchyDist(torch.full((4,), 0.5), 0.3).log_prob(x).sum()
     assert lik(out, x).log_prob(x).item() == want.item()
+
+
+def test_a_mistake_beside_an_option_of_ones_own_names_the_mistake(vaerun, tmp_path, capsys):
+    """With -cd, a key misspelt in one's own option (`likelihood.gama`) was "likelihood=
+    my_cauchy is not an option; choose one of: (vaerun's)", since the hints listed vaerun's
+    options alone: they read the folders of -cd too."""
+    (tmp_path / "conf" / "likelihood").mkdir(parents=True)
+    (tmp_path / "conf" / "likelihood" / "my_cauchy.yaml").write_text("name: my_cauchy\ngamma: 0.2\n")
+    said = {"likelihood=my_cauchy likelihood.gama=0.3": "likelihood.gama is not a key of this "
+            "config (did you mean likelihood.gamma?)",
+            "likelihood=gaussian likelihood.gamma=0.3": "pick a likelihood option that has it "
+            "(my_cauchy), e.g. vaerun train likelihood=my_cauchy likelihood.gamma=...",
+            "likelihood=my_cauchyy": "likelihood=my_cauchyy is not an option (did you mean "
+            "my_cauchy?); choose one of: bernoulli, "}
+    for args, line in said.items():
+        assert vaerun("train", "-cd", "conf", *args.split(), "--cfg", "job") == 2
+        err = capsys.readouterr().err
+        assert line in err and len(err.strip().splitlines()) == 1, err
+    assert err.strip().endswith(", logistic, my_cauchy")

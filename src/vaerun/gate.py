@@ -23,6 +23,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -222,10 +223,21 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
 
     groups = [g for g in loader.list_groups("") if g != "hydra"] + ["hydra/launcher"]
     parsed = parse(job, False, False)
+    search = [o for o, p in zip(job, parsed, strict=True) if p.key_or_group == "hydra.searchpath"]
+    folders = [str(f)[len("file://"):] for p in parsed if p.key_or_group == "hydra.searchpath"
+               for f in p.value()]  # the gate allows file:// folders only
+
+    def keys_of(overrides: list[str]) -> dict[str, Any]:  # the config they compose, flat
+        return flat(OmegaConf.to_container(hydra_compose(name, [*search, *overrides])))
+
+    def options(group: str) -> list[str]:  # vaerun's, and those of the folders of yours
+        yours = [f.stem for d in folders for f in sorted(Path(d, group).glob("*.yaml"))]
+        return list(dict.fromkeys([*loader.get_group_options(group), *yours]))
+
     for p in parsed:
         key, value, close = p.key_or_group, str(p.value()), difflib.get_close_matches(
             p.key_or_group, loader.list_groups(""), n=1, cutoff=0.6)
-        if key in groups and value not in (opts := loader.get_group_options(key)):
+        if key in groups and value not in (opts := options(key)):
             return key, None, "", (f"{key}={value} is not an option{did_you_mean(value, opts)}; "
                                    f"choose one of: {', '.join(opts)}")
         if key not in groups and "." not in key and close:
@@ -234,15 +246,14 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
                                    f"{value if value in opts else '...'}?); {close[0]} options: "
                                    f"{', '.join(opts)}")
     with contextlib.suppress(Exception):
-        keys = list(flat(OmegaConf.to_container(hydra_compose(name, [
-            o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups]))))
+        keys = list(keys_of([o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups]))
         for p in parsed:
             key, group = p.key_or_group, p.key_or_group.split(".")[0]
             if p.is_delete() or p.is_add() or p.is_force_add() or key in groups or \
                     key.startswith("hydra.") or any(k == key or k.startswith(key + ".") for k in keys):
                 continue
-            opts = [o for o in (loader.get_group_options(group) if group in groups else [])
-                    if key in flat(OmegaConf.to_container(hydra_compose(name, [f"{group}={o}"])))]
+            opts = [o for o in (options(group) if group in groups else [])
+                    if key in keys_of([f"{group}={o}"])]
             hint = (f"; pick a {group} option that has it ({', '.join(opts)}), e.g. vaerun train "
                     f"{group}={opts[0]} {key}=..." if opts else did_you_mean(key, keys))
             return key, None, "", (f"{key} is not a key of this config{hint}; `vaerun train "
