@@ -122,6 +122,72 @@ def test_a_new_likelihood_is_one_class_and_one_yaml(vaerun, tmp_path):
     assert lik(out, x).log_prob(x).item() == want.item()
 
 
+PLUGIN = '''
+from dataclasses import dataclass
+
+from torch.distributions import Cauchy
+
+from vaerun.likelihoods import Likelihood, LikelihoodConfig, pixels
+
+
+class MyCauchy(Likelihood):
+    name = "my_cauchy"
+
+    @dataclass
+    class Config(LikelihoodConfig):
+        name: str = "my_cauchy"
+        gamma: float = 0.2
+
+    def forward(self, out, x):
+        return pixels(Cauchy(self.mean(out), self.cfg.gamma, validate_args=False))
+'''
+
+
+def installed(tmp_path: Path, module: str, source: str) -> dict:
+    """A package as pip installs one, with its `vaerun.parts` entry point: the module and its
+    .dist-info on PYTHONPATH (the environment of every process the command starts)."""
+    import os
+
+    site = tmp_path / "site"
+    (site / f"{module}-0.1.dist-info").mkdir(parents=True)
+    (site / f"{module}.py").write_text(source)
+    (site / f"{module}-0.1.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (site / f"{module}-0.1.dist-info" / "entry_points.txt").write_text(
+        f"[vaerun.parts]\nmine = {module}\n")
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def test_a_part_of_an_installed_package_runs_from_the_command_line_and_in_workers(tmp_path):
+    """A class of one's own reached only a notebook (its module imported by hand): from the
+    command line `likelihood=my_cauchy` was "choose one of: ...". A package's `vaerun.parts`
+    entry point is imported as a command checks its config, in the command's process and in
+    each launcher's worker; its yaml comes with -cd."""
+    from conftest import run_process
+
+    env = installed(tmp_path, "my_parts", PLUGIN)
+    (tmp_path / "conf" / "likelihood").mkdir(parents=True)
+    (tmp_path / "conf" / "likelihood" / "my_cauchy.yaml").write_text("name: my_cauchy\ngamma: 0.2\n")
+    sweep = tmp_path / "sweep"
+    done = run_process(["train", "-m", "-cd", "conf", "hydra/launcher=joblib",
+                        "likelihood=my_cauchy", "likelihood.gamma=0.2,0.3", *SMALL,
+                        "eval.iwae_k=0", "eval.quality_images=0", f"hydra.sweep.dir={sweep}"],
+                       cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run, gamma in (("0_likelihood.gamma=0.2", 0.2), ("1_likelihood.gamma=0.3", 0.3)):
+        m = json.loads((sweep / run / "metrics.json").read_text())
+        assert m["status"] == "finished" and m["step"] == 16
+        saved = (sweep / run / ".hydra" / "config.yaml").read_text()
+        assert "name: my_cauchy" in saved and f"gamma: {gamma}" in saved
+    broken = installed(tmp_path / "broken", "broken_parts", "raise ImportError('no torch here')")
+    done = run_process(["train", *SMALL, "hydra.run.dir=run"], cwd=tmp_path, env=broken)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: the part module broken_parts (entry point mine of the installed package "
+        "broken_parts) failed to import: ImportError: no torch here; fix or uninstall that "
+        "package"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_mistake_beside_an_option_of_ones_own_names_the_mistake(vaerun, tmp_path, capsys):
     """With -cd, a key misspelt in one's own option (`likelihood.gama`) was "likelihood=
     my_cauchy is not an option; choose one of: (vaerun's)", since the hints listed vaerun's

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,25 @@ from vaerun.runtime import applied, free_memory, resolve_device, threads
 log = logging.getLogger("vaerun")
 
 
+@functools.cache
+def installed_parts() -> None:
+    """Import the parts other installed packages add (their classes register themselves as
+    vaerun's own do): each entry point of group `vaerun.parts` names a module. It is code you
+    installed, as vaerun is; a config names only what is registered (docs/python.md)."""
+    for ep in entry_points(group="vaerun.parts"):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 (whatever a package's import raises)
+            raise UserError(f"the part module {ep.value} (entry point {ep.name} of the installed "
+                            f"package {getattr(ep.dist, 'name', '?')}) failed to import: "
+                            f"{type(e).__name__}: {e}; fix or uninstall that package") from None
+
+
 def checked(cfg: DictConfig, training: bool = True) -> RunConfig:
     """The typed, fully checked config of a run. Training also checks the optimizer (by
     building one, which imports torch._dynamo: an evaluation, which never steps, skips it) and
     that a training step fits in the device's free memory."""
+    installed_parts()
     rc = config.typed(cfg)
     device = resolve_device(rc.trainer.device)  # CUDA asked for but absent fails here
     threads(rc.trainer.threads)  # SLURM_CPUS_PER_TASK, where it sets them, checked too

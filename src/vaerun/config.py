@@ -113,7 +113,9 @@ class Registered:
 def lookup(group: str, name: Any) -> type:
     """The registered class `name` of config group `group`."""
     registry = REGISTRIES[group]
-    require(name in registry, f"{group}.name", name, f"choose one of: {', '.join(sorted(registry))}")
+    require(name in registry, f"{group}.name", name, f"choose one of: {', '.join(sorted(registry))}"
+            " (a class of your own: import it first, or install it as a vaerun.parts entry point; "
+            "docs/python.md)")
     return registry[name]
 
 
