@@ -556,3 +556,35 @@ def test_a_folder_given_as_run_dir_is_named_run_dir_when_refused(tmp_path):
         assert str(e.value).startswith(f"run_dir='{given}' is not allowed: ") and e.value.key == \
             "run_dir" and why in str(e.value) and "hydra" not in str(e.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["etc", "mine", "train.log"]
+
+
+def test_a_saved_run_loads_as_its_model_data_and_config(tmp_path):
+    """A notebook had no way to use a trained model (sample, encode its own images): vaerun.load
+    gives the VAE, its data and config. Its q(z|x) on the test images gives the run's own
+    test/kl, computed here with torch.distributions; the run's files are left as they were."""
+    import torch
+    from torch.distributions import kl_divergence
+
+    run = tmp_path / "run"
+    m = vaerun.train([*SMALL, "trainer.epochs=1", "eval.iwae_k=0", "eval.quality_images=0",
+                      "likelihood=gaussian_learned"], run_dir=run)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # a scientific notebook's
+    try:
+        got = vaerun.load(run)
+    finally:
+        torch.set_default_dtype(default)
+    assert not got.vae.training and got.cfg.likelihood.name == "gaussian_learned"
+    x = got.data.test
+    assert x.shape == (256, 784) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    with torch.no_grad():
+        q = got.vae.posterior(x)
+        kl = kl_divergence(q, got.vae.prior()).mean().item()
+        z = got.vae.prior().sample((5,))
+        means = got.vae.likelihood.mean(got.vae.decode(z))
+    assert kl == pytest.approx(m["test/kl"], rel=1e-5)
+    assert means.shape == (5, 784) and means.dtype == torch.float32
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    with pytest.raises(vaerun.UserError, match="run_dir=.* holds no checkpoint"):
+        vaerun.load(tmp_path)

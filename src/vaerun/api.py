@@ -266,15 +266,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
     from vaerun.logs import RunLog
     from vaerun.signals import StopRequests
 
-    rd = RunDir(folder("run_dir", run_dir))
-    ckpt = rd.file(rd.CHECKPOINT)
-    for bad, why in ((not rd.path.is_dir(), "is not a directory"),
-                     (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
-                     (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
-        if bad:
-            raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
-    rd.check_links("run_dir")
-    values = {p.key_or_group: p.value() for p in gate.parse(one_run(overrides), False)}
+    rd, values = saved_run(run_dir, overrides)
     with CALLS, (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
@@ -288,6 +280,45 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
                 return {f"test/{k}": v for k, v in got.items()}
             finally:
                 runlog.close(quiet=True)
+
+
+def saved_run(run_dir: Any, overrides: Sequence[str]) -> tuple[RunDir, dict[str, Any]]:
+    """A run directory vaerun made, with its checkpoint, and the overrides as values."""
+    rd = RunDir(folder("run_dir", run_dir))
+    ckpt = rd.file(rd.CHECKPOINT)
+    for bad, why in ((not rd.path.is_dir(), "is not a directory"),
+                     (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
+                     (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
+        if bad:
+            raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
+    rd.check_links("run_dir")
+    return rd, {p.key_or_group: p.value() for p in gate.parse(one_run(overrides), False)}
+
+
+@dataclass
+class Trained:
+    """A saved run, loaded: its VAE in eval mode (`vae.posterior(x)` q(z|x), `vae.prior()`
+    p(z), `vae.likelihood(vae.decode(z), x)` p(x|z), each a torch.distributions one), its
+    data (`data.test`: [N, D] pixels in [0, 1], on `trainer.device`) and its config."""
+
+    vae: Any
+    data: Any
+    cfg: RunConfig
+
+
+def load(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Trained:
+    """The trained model of a saved run, its data and config, to use in a notebook (reads only:
+    the run's files are left as they are). `overrides`: the keys that never change a result
+    (trainer.device=cpu for a run trained on a GPU)."""
+    from vaerun import runtime
+    from vaerun.assemble import load_config, load_run
+
+    rd, values = saved_run(run_dir, overrides)
+    with CALLS:
+        cfg, state = load_config(rd.path, values)
+        with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
+            data, vae = load_run(rd.path, cfg, state)  # float32, as trained, whatever the default
+    return Trained(vae.eval(), data, cfg)
 
 
 def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
