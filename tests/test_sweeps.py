@@ -423,3 +423,23 @@ def test_a_report_says_when_runs_of_one_seed_are_counted_as_seeds(vaerun, tmp_pa
     assert "| all runs |" not in text and "| 2 |" in text
     assert "Runs of the same seed are repeats of one run, not seeds: n counts each, and the ± " \
         "is not a spread over seeds, in all runs (seed 0 2 times)." in text
+
+
+def test_a_report_says_when_runs_measured_a_metric_with_other_settings(vaerun, tmp_path):
+    """`vaerun eval eval.iwae_k=...` on one run of a sweep made the report average its tighter
+    bound with the others' (388.9 ± 11 for k = 5 and 200) without a word; likewise the FIDs
+    of other numbers of images, which were not recorded. Both are named under the table."""
+    sweep = tmp_path / "sweep"
+    assert vaerun("train", "-m", *TINY, "eval.quality_images=50", "trainer.seed=1,2",
+                  f"hydra.sweep.dir={sweep}") == 0
+    text = lambda: (sweep / "report.md").read_text()  # noqa: E731
+    assert vaerun("report", f"sweep_dir={sweep}") == 0
+    assert "were measured with different numbers" not in text()
+    assert metrics(sweep / "0_trainer.seed=1")["test/quality_images"] == 50
+    assert vaerun("eval", f"run_dir={sweep / '0_trainer.seed=1'}", "eval.iwae_k=8",
+                  "eval.quality_images=60") == 0
+    assert vaerun("report", f"sweep_dir={sweep}") == 0
+    assert "The IWAE bounds (nll_iwae and the bits/dim from it) were measured with different " \
+        "numbers of importance samples, eval.iwae_k = 4 in 1 run, 8 in 1 run: a bound tightens " \
+        "as k grows, so compare runs of one value; the means of all runs mix them" in text()
+    assert "eval.quality_images = 50 in 1 run, 60 in 1 run" in text()

@@ -249,7 +249,8 @@ def sample_quality(vae: VAE, data: Dataset, cfg: Any) -> dict[str, float]:
     fid_mean, entropy = quality.frechet(metric, torch.cat(means))
     return {"fid_mean": fid_mean, "fid_sample": quality.frechet(metric, torch.cat(draws))[0],
             "fid_recon": quality.frechet(metric, torch.cat(recons))[0],
-            "sample_class_entropy": entropy, "quality_seconds": time.perf_counter() - started}
+            "sample_class_entropy": entropy, "quality_images": float(n),
+            "quality_seconds": time.perf_counter() - started}
 
 
 def evaluate_run(vae: VAE, data: Dataset, cfg: Any, runlog: RunLog, step: int,

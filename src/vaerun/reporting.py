@@ -28,6 +28,7 @@ FIRST = ["test/loss", "test/elbo", "test/log_px_z", "test/kl", "test/mse", "test
          "test/fid_sample", "test/fid_recon", "test/sample_class_entropy"]
 UNITS = {"mse": "per pixel", "sigma": "", "sigma_optimal": "", "bits_per_dim": "bits/dim",
          "bits_per_dim_elbo": "bits/dim", "active_units": "count", "iwae_k": "samples",
+         "quality_images": "images",
          "ppca_active_units": "count", "ppca_sigma": "", "sigma_geomean": "",
          "sigma_optimal_geomean": "", "iwae_seconds": "s", "quality_seconds": "s",
          "nll_exact": "nats", "fid_mean": "", "fid_sample": "", "fid_recon": "",
@@ -95,6 +96,31 @@ def table(groups: list[Group], cols: list[str], metrics: list[str]) -> list[str]
                     for g in groups]
 
 
+SETTINGS = {  # what a metric was measured with, recorded beside it: its values must agree
+    "test/iwae_k": ("eval.iwae_k", "The IWAE bounds (nll_iwae and the bits/dim from it)",
+                    "importance samples", "a bound tightens as k grows"),
+    "test/quality_images": ("eval.quality_images", "The Fréchet distances (fid_*)", "images",
+                            "a Fréchet distance falls as the number of images grows")}
+
+
+def mixed_settings(groups: list[Group]) -> list[str]:
+    """A line for each measurement setting whose value differs among the runs (`vaerun eval`
+    with eval.iwae_k=5000 on some of them): their numbers are not comparable."""
+    lines = []
+    for metric, (key, what, unit, why) in SETTINGS.items():
+        used = [v for g in groups for v in g.values(metric)]
+        if len(set(used)) < 2:
+            continue
+        within = [g.label for g in groups if len(set(g.values(metric))) > 1]
+        counts = ", ".join(f"{v:g} in {used.count(v)} run{'s' * (used.count(v) > 1)}"
+                           for v in sorted(set(used)))
+        lines += ["", f"{what} were measured with different numbers of {unit}, {key} = {counts}: "
+                  f"{why}, so compare runs of one value" + (
+                      f"; the means of {'; '.join(within)} mix them" if within else "") +
+                  f" (`vaerun eval run_dir=RUN {key}=N` measures a run again)."]
+    return lines
+
+
 def repeats(g: Group) -> dict[Any, int]:
     """The seeds (as each run recorded it) that more than one run of the group has."""
     seeds = [s for r in g.runs if is_number(s := r.metrics.get("seed")) and math.isfinite(s)]
@@ -134,6 +160,7 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
 
     lines += same([m for m in constant if m in HEADLINE])
     lines += table(groups, cols, [m for m in HEADLINE if m in shown])
+    lines += mixed_settings(groups)
     if repeated := [f"{g.label} ({', '.join(f'seed {int(s)} {n} times' for s, n in c.items())})"
                     for g in groups if (c := repeats(g))]:
         lines += ["", "Runs of the same seed are repeats of one run, not seeds: n counts each, "
