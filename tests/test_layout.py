@@ -186,6 +186,16 @@ def test_a_part_of_an_installed_package_runs_from_the_command_line_and_in_worker
         "broken_parts) failed to import: ImportError: no torch here; fix or uninstall that "
         "package"]
     assert not (tmp_path / "run").exists()
+    shadow = installed(tmp_path / "shadow", "shadow_parts", PLUGIN.replace('"my_cauchy"',
+                                                                         '"gaussian"'))
+    done = run_process(["train", *SMALL, "likelihood=gaussian", "hydra.run.dir=run"],
+                       cwd=tmp_path, env=shadow)  # it would have replaced vaerun's gaussian
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "error: the part module shadow_parts (entry point mine of the installed package "
+        "shadow_parts) failed to import: TypeError: shadow_parts.MyCauchy is named 'gaussian', "
+        "as vaerun.likelihoods.Gaussian is: a likelihood of that name exists; choose another "
+        "name; fix or uninstall that package"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_mistake_beside_an_option_of_ones_own_names_the_mistake(vaerun, tmp_path, capsys):

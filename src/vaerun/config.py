@@ -93,6 +93,11 @@ class Registered:
         if "registry" in cls.__dict__:  # a group's base class: its registry is the group's
             REGISTRIES[cls.group] = cls.registry
         elif cls.__dict__.get("name"):
+            old = cls.registry.get(cls.name)  # another module's class of that name: refused
+            if old is not None and old.__module__ != cls.__module__:  # (a cell run again: taken)
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__} is named {cls.name!r}, "
+                                f"as {old.__module__}.{old.__qualname__} is: a {cls.group} of "
+                                "that name exists; choose another name")
             cls.registry[cls.name] = cls
 
     @classmethod
