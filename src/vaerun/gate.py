@@ -225,7 +225,7 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
     parsed = parse(job, False, False)
     search = [o for o, p in zip(job, parsed, strict=True) if p.key_or_group == "hydra.searchpath"]
     folders = [str(f)[len("file://"):] for p in parsed if p.key_or_group == "hydra.searchpath"
-               for f in p.value()]  # the gate allows file:// folders only
+               for f in (p.value() if isinstance(p.value(), list) else [p.value()])]  # file:// only
 
     def keys_of(overrides: list[str]) -> dict[str, Any]:  # the config they compose, flat
         return flat(OmegaConf.to_container(hydra_compose(name, [*search, *overrides])))
