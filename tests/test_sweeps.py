@@ -443,3 +443,22 @@ def test_a_report_says_when_runs_measured_a_metric_with_other_settings(vaerun, t
         "numbers of importance samples, eval.iwae_k = 4 in 1 run, 8 in 1 run: a bound tightens " \
         "as k grows, so compare runs of one value; the means of all runs mix them" in text()
     assert "eval.quality_images = 50 in 1 run, 60 in 1 run" in text()
+
+
+def test_eval_of_a_sweep_names_the_loop_that_evaluates_each_run(vaerun, tmp_path, capsys):
+    """`vaerun eval run_dir=SWEEP` said "holds no checkpoint": it says the folder is a sweep
+    and gives the shell loop, which, pasted, evaluates every run."""
+    sweep = tmp_path / "sweep"
+    assert vaerun("train", "-m", *TINY, "eval.quality_images=0", "trainer.seed=1,2",
+                  f"hydra.sweep.dir={sweep}") == 0
+    capsys.readouterr()
+    assert vaerun("eval", f"run_dir={sweep}", "eval.iwae_k=8") == 2
+    line = capsys.readouterr().err.strip()
+    loop = f'for r in {sweep}/*/; do vaerun eval "run_dir=$r" eval.iwae_k=8; done'
+    assert line == f"error: run_dir={sweep} is a sweep, whose runs are its folders: give one, " \
+        f"or each in turn: {loop}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", loop], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [metrics(r)["test/iwae_k"] for r in sorted(sweep.glob("*_*"))] == [8, 8]

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -284,15 +285,20 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
 
 def saved_run(run_dir: Any, overrides: Sequence[str]) -> tuple[RunDir, dict[str, Any]]:
     """A run directory vaerun made, with its checkpoint, and the overrides as values."""
-    rd = RunDir(folder("run_dir", run_dir))
+    rd, given = RunDir(folder("run_dir", run_dir)), one_run(overrides)
     ckpt = rd.file(rd.CHECKPOINT)
+    if rd.kind() == "sweep":
+        each = shlex.join(["vaerun", "eval", "run_dir=$r", *given]).replace("'run_dir=$r'",
+                                                                            '"run_dir=$r"')
+        raise UserError(f"run_dir={rd.given} is a sweep, whose runs are its folders: give one, or "
+                        f"each in turn: for r in {shlex.quote(str(rd.path))}/*/; do {each}; done")
     for bad, why in ((not rd.path.is_dir(), "is not a directory"),
                      (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
                      (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
         if bad:
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
     rd.check_links("run_dir")
-    return rd, {p.key_or_group: p.value() for p in gate.parse(one_run(overrides), False)}
+    return rd, {p.key_or_group: p.value() for p in gate.parse(given, False)}
 
 
 @dataclass
