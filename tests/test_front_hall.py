@@ -588,3 +588,6 @@ def test_a_saved_run_loads_as_its_model_data_and_config(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
     with pytest.raises(vaerun.UserError, match="run_dir=.* holds no checkpoint"):
         vaerun.load(tmp_path)
+    (tmp_path / ".vaerun").write_text('{"vaerun": 1, "kind": "sweep"}')
+    with pytest.raises(vaerun.UserError, match=r"is a sweep, whose runs are its folders: give one$"):
+        vaerun.load(tmp_path)

@@ -283,15 +283,18 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
                 runlog.close(quiet=True)
 
 
-def saved_run(run_dir: Any, overrides: Sequence[str]) -> tuple[RunDir, dict[str, Any]]:
-    """A run directory vaerun made, with its checkpoint, and the overrides as values."""
+def saved_run(run_dir: Any, overrides: Sequence[str], loop: bool = True
+              ) -> tuple[RunDir, dict[str, Any]]:
+    """A run directory vaerun made, with its checkpoint, and the overrides as values (`loop`:
+    a sweep's refusal gives the shell loop that evaluates each of its runs)."""
     rd, given = RunDir(folder("run_dir", run_dir)), one_run(overrides)
     ckpt = rd.file(rd.CHECKPOINT)
     if rd.kind() == "sweep":
         each = shlex.join(["vaerun", "eval", "run_dir=$r", *given]).replace("'run_dir=$r'",
                                                                             '"run_dir=$r"')
-        raise UserError(f"run_dir={rd.given} is a sweep, whose runs are its folders: give one, or "
-                        f"each in turn: for r in {shlex.quote(str(rd.path))}/*/; do {each}; done")
+        raise UserError(f"run_dir={rd.given} is a sweep, whose runs are its folders: give one" + (
+            f", or each in turn: for r in {shlex.quote(str(rd.path))}/*/; do {each}; done"
+            if loop else ""))
     for bad, why in ((not rd.path.is_dir(), "is not a directory"),
                      (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
                      (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
@@ -319,7 +322,7 @@ def load(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Trained:
     from vaerun import runtime
     from vaerun.assemble import load_config, load_run
 
-    rd, values = saved_run(run_dir, overrides)
+    rd, values = saved_run(run_dir, overrides, loop=False)
     with CALLS:
         cfg, state = load_config(rd.path, values)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
