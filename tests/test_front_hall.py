@@ -556,6 +556,13 @@ def test_a_folder_given_as_run_dir_is_named_run_dir_when_refused(tmp_path):
         assert str(e.value).startswith(f"run_dir='{given}' is not allowed: ") and e.value.key == \
             "run_dir" and why in str(e.value) and "hydra" not in str(e.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["etc", "mine", "train.log"]
+    run = tmp_path / "run"  # a run's own refusals name it run_dir too
+    vaerun.train([*SMALL, "trainer.epochs=1", "eval.iwae_k=0", "eval.quality_images=0"],
+                 run_dir=run)
+    with pytest.raises(vaerun.Refused) as e:
+        vaerun.train([*SMALL, "trainer.epochs=1"], run_dir=run)
+    assert str(e.value) == f"{run} already holds a run; add trainer.resume=true to continue " \
+        "it, or choose another run_dir"
 
 
 def test_a_saved_run_loads_as_its_model_data_and_config(tmp_path):

@@ -26,7 +26,7 @@ from typing import Any
 
 from vaerun import gate
 from vaerun.config import RunConfig, is_number
-from vaerun.errors import Interrupted, Refused, RunFailed, UserError
+from vaerun.errors import ConfigError, Interrupted, Refused, RunFailed, UserError
 from vaerun.rundir import RunDir, write_error
 
 log = logging.getLogger("vaerun")
@@ -116,9 +116,10 @@ def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = Non
         with StopRequests() as stop:
             (done,) = run_train([*one_run(overrides), *where], stop)
     except UserError as e:  # the folder as the caller named it: run_dir, not hydra.run.dir
-        if where and str(e).startswith("hydra.run.dir"):
-            e.args = ("run_dir" + str(e).removeprefix("hydra.run.dir"),)
-            e.key = "run_dir"
+        if where and "hydra.run.dir" in str(e):
+            e.args = (str(e).replace("hydra.run.dir", "run_dir"),)
+            if isinstance(e, ConfigError) and e.key == "hydra.run.dir":
+                e.key = "run_dir"
         raise
     if isinstance(done.error, BaseException):
         raise done.error

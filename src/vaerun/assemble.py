@@ -264,7 +264,8 @@ def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
                       f"{cfg.scheduler.name}), so it cannot take trainer.epochs={t.epochs}: resume "
                       f"with trainer.epochs={before}, or start a new run")
     if state["status"] == "finished" and state["epoch"] > t.epochs:
-        raise Refused(f"the run in {rd} finished {state['epoch']} epochs, more than "
+        raise Refused(f"the run in {rd} finished {state['epoch']} epoch"
+                      f"{'' if state['epoch'] == 1 else 's'}, more than "
                       f"trainer.epochs={t.epochs}; resume with trainer.epochs={state['epoch']} "
                       "or more, or use another hydra.run.dir")
     if state["status"] != "finished" and epoch > t.epochs:
