@@ -8,8 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import SMALL, scalars
+from conftest import SMALL, run_process, scalars
 from torch.distributions import Distribution
 
 import vaerun
@@ -158,27 +159,35 @@ def installed(tmp_path: Path, module: str, source: str) -> dict:
     return {**os.environ, "PYTHONPATH": str(site)}
 
 
-def test_a_part_of_an_installed_package_runs_from_the_command_line_and_in_workers(tmp_path):
-    """A class of one's own reached only a notebook (its module imported by hand): from the
-    command line `likelihood=my_cauchy` was "choose one of: ...". A package's `vaerun.parts`
-    entry point is imported as a command checks its config, in the command's process and in
-    each launcher's worker; its yaml comes with -cd."""
-    from conftest import run_process
-
+def my_cauchy_sweep(tmp_path: Path, *launcher: str) -> None:
+    """A 2-run sweep of the installed package's likelihood, its yaml given with -cd."""
     env = installed(tmp_path, "my_parts", PLUGIN)
     (tmp_path / "conf" / "likelihood").mkdir(parents=True)
     (tmp_path / "conf" / "likelihood" / "my_cauchy.yaml").write_text("name: my_cauchy\ngamma: 0.2\n")
     sweep = tmp_path / "sweep"
-    done = run_process(["train", "-m", "-cd", "conf", "hydra/launcher=joblib",
-                        "likelihood=my_cauchy", "likelihood.gamma=0.2,0.3", *SMALL,
-                        "eval.iwae_k=0", "eval.quality_images=0", f"hydra.sweep.dir={sweep}"],
+    done = run_process(["train", "-m", "-cd", "conf", *launcher, "likelihood=my_cauchy",
+                        "likelihood.gamma=0.2,0.3", *SMALL, "trainer.epochs=1", "eval.iwae_k=0",
+                        "eval.quality_images=0", f"hydra.sweep.dir={sweep}"],
                        cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for run, gamma in (("0_likelihood.gamma=0.2", 0.2), ("1_likelihood.gamma=0.3", 0.3)):
         m = json.loads((sweep / run / "metrics.json").read_text())
-        assert m["status"] == "finished" and m["step"] == 16
+        assert m["status"] == "finished" and m["step"] == 8
         saved = (sweep / run / ".hydra" / "config.yaml").read_text()
         assert "name: my_cauchy" in saved and f"gamma: {gamma}" in saved
+
+
+@pytest.mark.slow
+def test_a_part_of_an_installed_package_runs_in_a_launchers_workers(tmp_path):
+    my_cauchy_sweep(tmp_path, "hydra/launcher=joblib")
+
+
+def test_a_part_of_an_installed_package_runs_from_the_command_line(tmp_path):
+    """A class of one's own reached only a notebook (its module imported by hand): from the
+    command line `likelihood=my_cauchy` was "choose one of: ...". A package's `vaerun.parts`
+    entry point is imported as a command checks its config, in the command's process and (the
+    slow test above) in each launcher's worker; its yaml comes with -cd."""
+    my_cauchy_sweep(tmp_path)
     broken = installed(tmp_path / "broken", "broken_parts", "raise ImportError('no torch here')")
     done = run_process(["train", *SMALL, "hydra.run.dir=run"], cwd=tmp_path, env=broken)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
