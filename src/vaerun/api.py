@@ -289,8 +289,8 @@ def saved_run(run_dir: Any, overrides: Sequence[str], loop: bool = True
     """A run directory vaerun made, with its checkpoint, and the overrides as values (`loop`:
     a sweep's refusal gives the shell loop that evaluates each of its runs)."""
     rd, given = RunDir(folder("run_dir", run_dir)), one_run(overrides)
-    ckpt = rd.file(rd.CHECKPOINT)
-    if rd.kind() == "sweep":
+    ckpt, kind = rd.file(rd.CHECKPOINT), rd.kind()
+    if kind == "sweep":
         each = shlex.join(["vaerun", "eval", "run_dir=$r", *given]).replace("'run_dir=$r'",
                                                                             '"run_dir=$r"')
         raise UserError(f"run_dir={rd.given} is a sweep, whose runs are its folders: give one" + (
@@ -298,7 +298,7 @@ def saved_run(run_dir: Any, overrides: Sequence[str], loop: bool = True
             if loop else ""))
     for bad, why in ((not rd.path.is_dir(), "is not a directory"),
                      (not ckpt.exists(), f"holds no checkpoint ({ckpt})"),
-                     (rd.kind() != "run", "is not a run directory vaerun made (no .vaerun marker)")):
+                     (kind != "run", "is not a run directory vaerun made (no .vaerun marker)")):
         if bad:
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
     rd.check_links("run_dir")

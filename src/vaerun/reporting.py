@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,11 @@ def mixed_settings(groups: list[Group]) -> list[str]:
     with eval.iwae_k=5000 on some of them): their numbers are not comparable."""
     lines = []
     for metric, (key, what, unit, why) in SETTINGS.items():
-        used = [v for g in groups for v in g.values(metric)]
-        if len(set(used)) < 2:
+        used = Counter(v for g in groups for v in g.values(metric))
+        if len(used) < 2:
             continue
         within = [g.label for g in groups if len(set(g.values(metric))) > 1]
-        counts = ", ".join(f"{v:g} in {used.count(v)} run{'s' * (used.count(v) > 1)}"
-                           for v in sorted(set(used)))
+        counts = ", ".join(f"{v:g} in {n} run{'s' * (n > 1)}" for v, n in sorted(used.items()))
         lines += ["", f"{what} were measured with different numbers of {unit}, {key} = {counts}: "
                   f"{why}, so compare runs of one value" + (
                       f"; the means of {'; '.join(within)} mix them" if within else "") +
@@ -123,8 +123,8 @@ def mixed_settings(groups: list[Group]) -> list[str]:
 
 def repeats(g: Group) -> dict[Any, int]:
     """The seeds (as each run recorded it) that more than one run of the group has."""
-    seeds = [s for r in g.runs if is_number(s := r.metrics.get("seed")) and math.isfinite(s)]
-    return {s: seeds.count(s) for s in dict.fromkeys(seeds) if seeds.count(s) > 1}
+    seeds = Counter(s for r in g.runs if is_number(s := r.metrics.get("seed")) and math.isfinite(s))
+    return {s: n for s, n in seeds.items() if n > 1}
 
 
 def _why(r: Run) -> str:
