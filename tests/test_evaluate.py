@@ -324,5 +324,6 @@ def test_a_finished_run_resumed_with_other_eval_keys_says_how_to_evaluate_it(vae
     assert vaerun("eval", f"run_dir={run}", "eval.iwae_k=5") == 0
     assert "test/nll_iwae" in json.loads((run / "metrics.json").read_text())
     assert vaerun("train", *args, "trainer.resume=true") == 0  # the same keys: nothing to say
+    assert vaerun("train", *args, "trainer.resume=true", "eval.iwae_k=5") == 0  # measured by
     assert len([ln for ln in (run / "train.log").read_text().splitlines() if "not redone" in ln
-                ]) == 1
+                ]) == 1  # the eval above: nothing to say either

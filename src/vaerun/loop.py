@@ -65,10 +65,13 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike | RunDir, stop: StopRequest
             log.info("%s is already finished (epoch %d of %d); nothing to do", rd,
                      session.progress.epoch, cfg.trainer.epochs)
             had, asked = (flat(c.get("eval"), "eval") for c in (session.recorded, cfg.plain))
-            if changed := [f"{k}={v}" for k, v in asked.items() if had.get(k, v) != v]:
+            metrics = rd.metrics()  # what a later `vaerun eval` measured is not asked again
+            done = {f"eval.{k}": (0, int(metrics[f"test/{k}"])) for k in ("iwae_k", "quality_images")
+                    if f"test/{k}" in metrics}
+            if changed := [f"{k}={v}" for k, v in asked.items()
+                           if had.get(k, v) != v and v not in done.get(k, ())]:
                 log.warning("its evaluation is not redone for %s: `vaerun eval %s` evaluates it "
                             "again", ", ".join(changed), shlex.join([f"run_dir={rd}", *changed]))
-            metrics = rd.metrics()
             if set(FAILURE) & metrics.keys():  # an earlier command's failure
                 metrics = {k: v for k, v in metrics.items() if k not in FAILURE}
                 rd.write_json(rd.METRICS, metrics)
