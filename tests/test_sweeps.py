@@ -388,16 +388,22 @@ def test_a_sweep_extended_out_of_order_or_with_a_value_twice_is_refused(vaerun, 
     """Job folders are numbered: σ = 0.1,1 then resumed as 0.1,0.3,1 made 1_…sigma=0.3 and a
     second σ = 1 run, 2_…sigma=1, trained again beside 1_…sigma=1, and the report counted
     that one seed twice (n = 2). Values given twice were two runs too. Both are refused before
-    anything is written; values added at the end run alone."""
+    anything is written; values added at the end run alone. (A sweep's job refused for its
+    folder's run named hydra.run.dir, not the sweep's folder.)"""
     sweep, args = tmp_path / "sweep", ["-m", "likelihood=gaussian", *TINY]
     assert vaerun("train", *args, "likelihood.sigma=0.1,1", f"hydra.sweep.dir={sweep}") == 0
     listing = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()}
     capsys.readouterr()
-    for values, said in (("0.1,0.3,1", "job 2 (likelihood.sigma=1) of this sweep is job 1 of "
-                          "the sweep in"), ("0.1,1,1.0", "jobs 1 and 2 of the sweep are the "
-                                            "same run (likelihood.sigma=1 and likelihood.sigma=1.0)")):
-        assert vaerun("train", *args, f"likelihood.sigma={values}", f"hydra.sweep.dir={sweep}",
-                      "trainer.resume=true") == 2
+    again = f"{sweep}/0_likelihood.sigma=0.1 already holds a run; add trainer.resume=true to " \
+        "continue it, or choose another hydra.sweep.dir"
+    other = "(differs in model.hidden); resume with its overrides or use another hydra.sweep.dir"
+    for values, said, resume in (
+            ("0.1,0.3,1", "job 2 (likelihood.sigma=1) of this sweep is job 1 of the sweep in", 1),
+            ("0.1,1,1.0", "jobs 1 and 2 of the sweep are the same run (likelihood.sigma=1 and "
+                          "likelihood.sigma=1.0)", 1), ("0.1,1", again, 0),
+            ("0.1,1 model.hidden=32", other, 1)):
+        assert vaerun("train", *args, *f"likelihood.sigma={values}".split(),
+                      f"hydra.sweep.dir={sweep}", *["trainer.resume=true"] * resume) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and said in err and len(err.splitlines()) == 1, err
         assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file()} == listing

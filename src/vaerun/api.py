@@ -26,7 +26,7 @@ from typing import Any
 
 from vaerun import gate
 from vaerun.config import RunConfig, is_number
-from vaerun.errors import ConfigError, Interrupted, Refused, RunFailed, UserError
+from vaerun.errors import Interrupted, Refused, RunFailed, UserError
 from vaerun.rundir import RunDir, write_error
 
 log = logging.getLogger("vaerun")
@@ -112,26 +112,19 @@ def train(overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = Non
 
     where = [] if run_dir is None else [
         f"hydra.run.dir={gate.hydra_quoted(folder('run_dir', run_dir))}"]
-    try:
-        with StopRequests() as stop:
-            (done,) = run_train([*one_run(overrides), *where], stop)
-    except UserError as e:  # the folder as the caller named it: run_dir, not hydra.run.dir
-        if where and "hydra.run.dir" in str(e):
-            e.args = (str(e).replace("hydra.run.dir", "run_dir"),)
-            if isinstance(e, ConfigError) and e.key == "hydra.run.dir":
-                e.key = "run_dir"
-        raise
+    with StopRequests() as stop:  # the folder's refusals name it as the caller did: run_dir
+        (done,) = run_train([*one_run(overrides), *where], stop, "run_dir" if where else None)
     if isinstance(done.error, BaseException):
         raise done.error
     return RunDir(done.folder).metrics()
 
 
-def run_train(args: Sequence[str], stop: Any) -> list[Outcome]:
-    """`vaerun train ARGS`: the gate, then Hydra; each job's outcome."""
+def run_train(args: Sequence[str], stop: Any, named: str | None = None) -> list[Outcome]:
+    """`vaerun train ARGS`: the gate, then Hydra; each job's outcome (`named`: gate.plan's)."""
     import hydra
 
     with kept():
-        plan = gate.plan(list(args))
+        plan = gate.plan(list(args), named)
         top = plan.sweep or (plan.jobs[0].folder if plan.jobs else None)
         # accepted: its folder locked (before Hydra writes into it: a second command started
         # with it is refused here) and made vaerun's; a sweep's jobs are locked by each

@@ -240,10 +240,10 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in free]
 
 
-def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
+def resume_state(cfg: RunConfig, rd: RunDir, key: str = "hydra.run.dir") -> dict[str, Any] | None:
     """The checkpoint this run continues (None: a new run); Refused where it may not: a folder
     that holds a run without trainer.resume=true, a checkpoint of another config, or one past
-    the epochs asked for."""
+    the epochs asked for. `key`: the folder's name in those lines, as the caller gave it."""
     if not rd.file(rd.CHECKPOINT).exists():
         return None
     if (restarted := slurm.restarts()) and not cfg.trainer.resume:
@@ -251,12 +251,11 @@ def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
                  restarted, rd)
     elif not cfg.trainer.resume:
         raise Refused(f"{rd} already holds a run; add trainer.resume=true to continue it, or "
-                      "choose another hydra.run.dir")
+                      f"choose another {key}")
     state = rd.load_checkpoint()
     if changed := config_changes(state["config"], cfg.plain):
         raise Refused(f"the checkpoint in {rd} is from another config (differs in "
-                      f"{', '.join(changed)}); resume with its overrides or use another "
-                      "hydra.run.dir")
+                      f"{', '.join(changed)}); resume with its overrides or use another {key}")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
     before = config.flat(state["config"]).get("trainer.epochs")
     if before != t.epochs and optim.Scheduler.lookup(cfg.scheduler.name).over_epochs:
@@ -267,7 +266,7 @@ def resume_state(cfg: RunConfig, rd: RunDir) -> dict[str, Any] | None:
         raise Refused(f"the run in {rd} finished {state['epoch']} epoch"
                       f"{'' if state['epoch'] == 1 else 's'}, more than "
                       f"trainer.epochs={t.epochs}; resume with trainer.epochs={state['epoch']} "
-                      "or more, or use another hydra.run.dir")
+                      f"or more, or use another {key}")
     if state["status"] != "finished" and epoch > t.epochs:
         raise Refused(f"the checkpoint in {rd} has begun epoch {epoch} (step "
                       f"{state['step']}), past trainer.epochs={t.epochs}; resume with "

@@ -290,9 +290,10 @@ def with_record(parsed: list[Any], multirun: bool) -> list[str]:
             if o.split("=", 1)[0].lstrip("+~") not in given]
 
 
-def plan(args: list[str]) -> Plan:
+def plan(args: list[str], named: str | None = None) -> Plan:
     """Check the command line of `vaerun train` and every job it asks for: the Plan, or a
-    UserError (ConfigError, Refused) for the first thing wrong."""
+    UserError (ConfigError, Refused) for the first thing wrong (`named`: the run's folder as a
+    caller named it, for hydra.run.dir, in those lines)."""
     from vaerun.assemble import checked
 
     flags, words, given = read_args(args)
@@ -320,15 +321,16 @@ def plan(args: list[str]) -> Plan:
     hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra") if yours else {}
     out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base if yours else None))
                                        for c in composed])
-    return out if out.shows else place(out, composed)
+    return out if out.shows else place(out, composed, named)
 
 
-def place(out: Plan, composed: list[DictConfig]) -> Plan:
+def place(out: Plan, composed: list[DictConfig], named: str | None = None) -> Plan:
     """Every job's folder, resolved, named where the user did not name it, and checked."""
     from vaerun.assemble import resume_state
 
     what = "sweep" if "--multirun" in out.flags else "run"
-    key, mine = f"hydra.{what}.dir", composed[0].hydra[what]
+    given, mine = f"hydra.{what}.dir", composed[0].hydra[what]
+    key = named if named and what == "run" else given
     if what == "run" and OmegaConf.to_container(mine)["dir"] == DEFAULT_RUN_DIR:
         stem = where = f"outputs/runs/{datetime.now():%m%d-%H%M%S}_" + short(
             composed[0].hydra.job.override_dirname or "default")  # a time, then what changed
@@ -346,8 +348,8 @@ def place(out: Plan, composed: list[DictConfig]) -> Plan:
             "runs/NAME" if what == "run" else "multirun/NAME"))
     top = RunDir(where)
     top.check_place(key, what)
-    out.argv = [a for a in out.argv if not a.startswith(key + "=")] + [
-        f"{key}={hydra_quoted(str(top.path))}"]
+    out.argv = [a for a in out.argv if not a.startswith(given + "=")] + [
+        f"{given}={hydra_quoted(str(top.path))}"]
     out.sweep = top if what == "sweep" else None
     names = [short(c.hydra.job.override_dirname) for c in composed]
     held = {} if not out.sweep or not top.path.is_dir() else {  # name -> the job folder it has
@@ -368,7 +370,7 @@ def place(out: Plan, composed: list[DictConfig]) -> Plan:
                           "in the order it began with; add new values at the end of each list, "
                           "or choose another hydra.sweep.dir")
         rd.check_free()
-        if resume_state(rc, rd) is not None:
+        if resume_state(rc, rd, key) is not None:
             rd.metrics()  # its record, read back on resume: refused here, before Hydra writes
         out.jobs.append(Job(rc, rd, new))
     return out
