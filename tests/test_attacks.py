@@ -358,3 +358,27 @@ def test_a_resume_refused_as_it_began_leaves_the_run_evaluable(tmp_path):
     (tmp_path / "away").rename(root)
     proc = run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_fifo_in_a_run_folder_blocks_no_command(tmp_path, trained):
+    """A FIFO left in a run's folder (a tampered or copied run) hung the command that opened it,
+    and Ctrl-C and SIGTERM could not end it (the handlers only ask to stop): metrics.json or an
+    events file hung `vaerun report`, the checkpoint `vaerun eval`, a record or train.log a
+    resume. vaerun makes none: each is one line naming it; records are read as regular files."""
+    for name, fifo, command in (
+            ("a", "metrics.json", ["report", "sweep_dir={runs}", "out={report}"]),
+            ("b", "events", ["report", "sweep_dir={runs}", "out={report}"]),
+            ("c", "checkpoints/last.pt", ["eval", "run_dir={run}"]),
+            ("d", ".hydra/overrides.yaml", ["train", "trainer.resume=true", "hydra.run.dir={run}"]),
+            ("e", "train.log", ["train", *SMALL, "trainer.epochs=1", "trainer.resume=true",
+                                "hydra.run.dir={run}"])):
+        runs, report = tmp_path / name, tmp_path / f"report_{name}"
+        shutil.copytree(trained, runs / "run")
+        path = next((runs / "run").glob("*tfevents*")) if fifo == "events" else runs / "run" / fifo
+        path.unlink()
+        os.mkfifo(path)
+        args = [a.format(runs=runs, report=report, run=runs / "run") for a in command]
+        line = one_line(run_process(args, cwd=tmp_path, timeout=120))
+        assert str(path) in line and ("unreadable (NotARegularFile)" if fifo.startswith(".hydra")
+                                      else "is not a file (a FIFO, a socket or a device)") in line
+        assert not report.exists()

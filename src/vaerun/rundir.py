@@ -14,6 +14,7 @@ import fcntl
 import io
 import json
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,8 +44,24 @@ class _NoAliases(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+class NotARegularFile(ValueError):
+    pass
+
+
+def regular(path: str | os.PathLike) -> int:
+    """`path` opened to read, if it is a regular file (NotARegularFile otherwise): a FIFO or a
+    device left in a run's folder would block the open or the read, past Ctrl-C."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO's open returns
+    if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "a directory", os.fspath(path))
+        raise NotARegularFile(os.fspath(path))
+    return fd
+
+
 def read_bounded(path: Path, most: int = 1 << 20) -> str:
-    with open(path, "rb") as f:
+    with os.fdopen(regular(path), "rb") as f:
         data = f.read(most + 1)
     if len(data) > most:
         raise ValueError(f"larger than {most} bytes")
@@ -148,13 +165,16 @@ class RunDir:
     def check_links(self, key: str) -> None:
         """Refuse a folder that holds a symbolic link, or a file Hydra writes in place with a
         second name (a hard link): vaerun makes neither, and writing through one would change a
-        file outside the folder (a tampered run's `.hydra/hydra.yaml` -> ~/.bashrc)."""
+        file outside the folder (a tampered run's `.hydra/hydra.yaml` -> ~/.bashrc). Nor a FIFO,
+        a socket or a device, where opening train.log to append would wait for ever."""
         for top, dirs, files in os.walk(self.path):  # links are listed, never entered
             for name in dirs + files:
                 p = Path(top, name)
-                if p.is_symlink() or (name in IN_PLACE and p.stat().st_nlink > 1):
-                    raise ConfigError(key, self.given, f"{p} is a link; vaerun makes none in its "
-                                      "folders and writes through none: remove it")
+                odd = not p.is_symlink() and not (p.is_dir() or p.is_file())
+                if p.is_symlink() or odd or (name in IN_PLACE and p.stat().st_nlink > 1):
+                    what = "not a file (a FIFO, a socket or a device)" if odd else "a link"
+                    raise ConfigError(key, self.given, f"{p} is {what}; vaerun makes none in "
+                                      "its folders and writes through none: remove it")
             dirs[:] = [d for d in dirs if d != ".submitit"]  # submitit's own, with its links
 
     def write(self, name: str, data: bytes) -> Path:
@@ -187,7 +207,7 @@ class RunDir:
     def record(self, name: str, ok: Callable[[Any], bool], what: str) -> Any:
         """A yaml record (`.hydra/...`), None if absent; a UserError if unreadable or not `what`."""
         path, fix = self.file(name), "restore it, or delete it (the checkpoint holds the run's config)"
-        if not path.is_file():
+        if not path.exists():
             return None
         try:
             value = yaml.load(read_bounded(path), Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
@@ -226,7 +246,8 @@ class RunDir:
         try:
             with warnings.catch_warnings():  # torch's advice on weights_only: the line says it
                 warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                with os.fdopen(regular(path), "rb") as f:
+                    state = torch.load(f, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise UserError(f"no checkpoint at {path}; train a run first (vaerun train)") from None
         except Exception as e:  # noqa: BLE001 (an unpickling refusal, a torn file, ...)
@@ -292,7 +313,7 @@ class RunDir:
             os.close(fd)
             holder = "another vaerun process"
             with contextlib.suppress(OSError, ValueError):
-                pid, other = self.file(self.LOCK).read_text().split()[:2]
+                pid, other = read_bounded(self.file(self.LOCK), 200).split()[:2]
                 os.kill(int(pid), 0)  # alive? (a file an ended holder left names no one)
                 holder = f"vaerun {other} (pid {pid})"
             raise Refused(f"{self.path} is in use by {holder}; wait for it to end (or stop it), "
