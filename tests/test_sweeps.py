@@ -411,6 +411,9 @@ def test_a_sweep_extended_out_of_order_or_with_a_value_twice_is_refused(vaerun, 
                   "trainer.resume=true") == 0
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         "0_likelihood.sigma=0.1", "1_likelihood.sigma=1", "2_likelihood.sigma=0.3"]
+    new = "holds no checkpoint, so this is a new run"  # said where nothing was resumed
+    assert [new in (sweep / run / "train.log").read_text() for run in sorted(
+        p.name for p in sweep.iterdir() if p.is_dir())] == [False, False, True]
     for run in ("0_likelihood.sigma=0.1", "1_likelihood.sigma=1"):
         ckpt = sweep / run / "checkpoints" / "last.pt"
         assert ckpt.stat().st_mtime_ns == listing[ckpt]

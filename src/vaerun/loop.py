@@ -163,6 +163,9 @@ class Trainer:
         if s.resumed:
             log.info("resuming %s at epoch %d, step %d", s.run_dir, self.p.epoch, self.p.step)
         else:
+            if t.resume:  # said: a folder mistyped in a resume would start over without a word
+                log.info("trainer.resume=true: %s holds no checkpoint, so this is a new run",
+                         s.run_dir)
             self.checkpoint("running")  # a last good checkpoint exists from the first step on
             self.runlog.layout()
         self.record("running")
