@@ -293,3 +293,17 @@ def test_a_device_name_torch_cannot_read_is_one_error(device):
 
     with pytest.raises(vaerun.ConfigError, match="choose auto, cpu, cuda, cuda:N or mps"):
         vaerun.compose([f"trainer.device='{device}'"])
+
+
+@pytest.mark.parametrize("launcher, value", [
+    ("joblib", "hydra.launcher.n_jobs=0"), ("submitit_local", "hydra.launcher.timeout_min=-1"),
+    ("slurm", "hydra.launcher.cpus_per_task=0"), ("slurm", "hydra.launcher.array_parallelism=0")])
+def test_a_launchers_count_out_of_bounds_is_one_line_before_anything_is_made(
+        vaerun, tmp_path, capsys, launcher, value):
+    """joblib's n_jobs=0 was a traceback from joblib (exit 1) after Hydra had made the sweep's
+    folder and written multirun.yaml; submitit's timeout_min=-1 failed every job."""
+    assert vaerun("train", "-m", f"hydra/launcher={launcher}", value, "beta=1,2",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {value} is not allowed: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "sweep").exists()

@@ -45,6 +45,10 @@ THREADS = {"hydra.launcher.backend": "threading", "hydra.launcher.prefer": "thre
 COMPUTED = ("hydra.runtime", "hydra.overrides", "hydra.job.override_dirname")
 PLAIN, NOW = re.compile(r"\$\{[\w.\[\]-]+\}"), re.compile(r"\$\{now:[^${}]*\}")
 EXCLUDE = "hydra.job.config.override_dirname.exclude_keys"
+LEAST = {"timeout_min": 0, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 0,
+         "gpus_per_node": 0, "cpus_per_gpu": 1, "gpus_per_task": 0, "array_parallelism": 1,
+         "signal_delay_s": 0, "max_num_timeout": 0, "verbose": 0}  # the launchers' counts
+# (on SLURM timeout_min=0 is no time limit, mem_gb=0 all of a node's memory)
 DEFAULT_RUN_DIR = "outputs/runs/${now:%Y-%m-%d_%H-%M-%S-%f}"  # conf/train.yaml's: vaerun names it
 
 
@@ -270,6 +274,11 @@ def check_job(cfg: DictConfig, base: dict[str, Any] | None) -> DictConfig:
         if not key.startswith(COMPUTED) and mine.get(key, ...) != base.get(key, ...):
             allow(key, mine.get(key, "<deleted>"))
             refuse_resolver(key, mine.get(key))
+    for name, least in {"n_jobs": None, **LEAST}.items():  # else a traceback as the sweep began
+        value = OmegaConf.select(cfg, f"hydra.launcher.{name}", default=None)
+        if isinstance(value, (int, float)) and (value == 0 if least is None else value < least):
+            raise ConfigError(f"hydra.launcher.{name}", value, "joblib's processes: -1 is one per "
+                              "core, never 0" if least is None else f"must be at least {least}")
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra")
     for key, value in flat(raw).items():
