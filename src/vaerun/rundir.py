@@ -170,8 +170,12 @@ class RunDir:
         for top, dirs, files in os.walk(self.path):  # links are listed, never entered
             for name in dirs + files:
                 p = Path(top, name)
-                odd = not p.is_symlink() and not (p.is_dir() or p.is_file())
-                if p.is_symlink() or odd or (name in IN_PLACE and p.stat().st_nlink > 1):
+                try:
+                    mode, names = (s := p.lstat()).st_mode, s.st_nlink
+                except FileNotFoundError:  # gone since the listing (a temporary renamed)
+                    continue
+                odd = not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode))
+                if stat.S_ISLNK(mode) or odd or (name in IN_PLACE and names > 1):
                     what = "not a file (a FIFO, a socket or a device)" if odd else "a link"
                     raise ConfigError(key, self.given, f"{p} is {what}; vaerun makes none in "
                                       "its folders and writes through none: remove it")
