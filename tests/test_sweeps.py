@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, Lines, mnist_root, run_process
+from conftest import SMALL, Lines, mnist_root, run_process, scalars
 
 TINY = [*SMALL, "trainer.epochs=1", "dataset.n_train=256", "dataset.n_test=128"]
 
@@ -356,6 +356,13 @@ def test_a_run_killed_without_warning_is_reported_as_such_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     record = metrics(tmp_path / "runs" / "a")
     assert (record["status"], record["epoch"]) == ("finished", 3)
+    # TensorBoard drops the points the killed run wrote past its checkpoint (purge_step): the
+    # report says nothing of it (TensorBoard's "out of order event.step ... TensorFlow restart")
+    again = run_process(["report", f"sweep_dir={tmp_path / 'runs'}", f"out={tmp_path / 'rep2'}"],
+                        cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    steps = [s for s, _ in scalars(tmp_path / "runs" / "a")["train/elbo"]]
+    assert steps == sorted(set(steps)), steps  # as read back: each step once, in order
 
 
 def test_a_ctrl_c_in_a_joblib_sweep_is_a_stop_not_an_error(tmp_path):

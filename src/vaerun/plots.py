@@ -4,6 +4,7 @@ once, only when every one of them was drawn)."""
 from __future__ import annotations
 
 import io
+import logging
 import math
 import statistics
 import textwrap
@@ -152,16 +153,20 @@ def curves(groups: list[Group]) -> bytes:
     after each epoch (markers), seeds averaged; a run of one epoch still draws a curve."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    fig, ax = subplots(figsize=(6.5, 4.5))
+    (fig, ax), said = subplots(figsize=(6.5, 4.5)), logging.getLogger("tensorboard")
     for i, g in enumerate(groups):
         train, test = {"lw": 0.8, "alpha": 0.6, "color": look(i)["color"]}, {"ms": 3, **look(i)}
-        for split, style in (("train", train), ("test", test)):
-            runs = []
+        accs, level = [], said.level
+        said.setLevel(logging.ERROR)  # a resumed run's points past its checkpoint are dropped
+        try:  # (purge_step), as expected: not TensorBoard's "likely a TensorFlow restart"
             for r in g.runs:
-                acc = EventAccumulator(str(r.path), size_guidance={"scalars": 0})
-                acc.Reload()
-                if f"{split}/elbo" in acc.Tags()["scalars"]:
-                    runs.append([(e.step, -e.value) for e in acc.Scalars(f"{split}/elbo")])
+                accs.append(EventAccumulator(str(r.path), size_guidance={"scalars": 0}))
+                accs[-1].Reload()
+        finally:
+            said.setLevel(level)
+        for split, style in (("train", train), ("test", test)):
+            runs = [[(e.step, -e.value) for e in acc.Scalars(f"{split}/elbo")] for acc in accs
+                    if f"{split}/elbo" in acc.Tags()["scalars"]]
             n = min((len(c) for c in runs), default=0)
             if n:
                 ax.plot([runs[0][j][0] for j in range(n)],
