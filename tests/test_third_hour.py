@@ -93,7 +93,7 @@ def test_no_silence_in_a_log_from_start_to_finish(tmp_path):
 
 
 def test_log_lines_say_what_they_are(vaerun, tmp_path):
-    run = tmp_path / "a"
+    run = tmp_path / "a run"  # its TensorBoard command is quoted for the shell
     assert vaerun("train", *SMALL, "trainer.epochs=1", "recipe=mse_sum", "beta=0.5",
                   f"hydra.run.dir={run}") == 0
     text = (run / "train.log").read_text()
@@ -103,7 +103,8 @@ def test_log_lines_say_what_they_are(vaerun, tmp_path):
     assert "nats per image" in epoch and "the loss as written" in epoch and "sum over pixels" \
         in epoch
     final = next(ln for ln in text.splitlines() if " - test: test ELBO" in ln)
-    assert "metrics.json" in final and "tensorboard --logdir" in final and "images/" in final
+    assert "metrics.json" in final and f"(tensorboard --logdir '{run}')" in final and \
+        "images/" in final
     run = tmp_path / "b"
     assert vaerun("train", *SMALL, "trainer.epochs=1", "likelihood=gaussian",
                   f"hydra.run.dir={run}") == 0

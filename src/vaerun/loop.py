@@ -123,7 +123,7 @@ def summary(m: dict[str, Any], run_dir: Any, latents: int) -> str:
     if isinstance(m.get("test/active_units"), float):
         parts.append(f"{m['test/active_units']:.0f} of {latents} latents active")
     return (f"test: {', '.join(parts)}; every number in {run_dir}/metrics.json and TensorBoard "
-            f"(tensorboard --logdir {run_dir}), pictures in {run_dir}/images/")
+            f"(tensorboard --logdir {shlex.quote(str(run_dir))}), pictures in {run_dir}/images/")
 
 
 def step_seed(seed: int, step: int) -> int:
