@@ -212,6 +212,16 @@ def test_the_sweep_subdir_is_vaeruns(tmp_path, subdir):
              f"hydra.sweep.subdir={subdir}"], tmp_path, "hydra.sweep.subdir")
 
 
+def test_a_sweep_in_a_yaml_is_refused_saying_how_to_give_it(tmp_path):
+    """Hydra's hydra.sweeper.params in an experiment yaml is one of Hydra's own keys (refused):
+    the line says the command-line sweep that does the same."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      likelihood.sigma: 0.1,1\n")
+    refused(["train", "-m", *SMALL, "-cd", str(tmp_path / "conf"), "experiment=mine"], tmp_path,
+            "a sweep's values go on the command line: vaerun train -m likelihood.sigma=0.1,1")
+
+
 def test_hydra_mode_is_refused_however_spelled(tmp_path):
     refused(["train", *SMALL, "hydra.mode=RunMode.MULTIRUN", "trainer.seed=1,2"], tmp_path,
             "hydra.mode")

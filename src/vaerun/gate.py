@@ -133,10 +133,12 @@ def allow(key: str, value: Any) -> None:
     if not key.startswith("hydra") or key == "hydra/launcher" or any(
             key == k or key.startswith((k + ".", k + "[")) for k in YOURS) and "._" not in key:
         return
-    raise ConfigError(key, value, "one of Hydra's own settings, which vaerun makes"
-                      f"{' (a sweep is -m)' if key == 'hydra.mode' else ''}; of hydra.* only "
-                      "hydra.run.dir, hydra.sweep.dir, hydra.searchpath and the launcher "
-                      "(hydra/launcher=..., hydra.launcher.*) are yours: remove it")
+    swept = key.removeprefix("hydra.sweeper.params.")
+    hint = " (a sweep is -m)" if key == "hydra.mode" else "" if swept == key else \
+        f" (a sweep's values go on the command line: vaerun train -m {swept}={value})"
+    raise ConfigError(key, value, f"one of Hydra's own settings, which vaerun makes{hint}; of "
+                      "hydra.* only hydra.run.dir, hydra.sweep.dir, hydra.searchpath and the "
+                      "launcher (hydra/launcher=..., hydra.launcher.*) are yours: remove it")
 
 
 def refuse_resolver(key: str, value: Any) -> None:
