@@ -379,3 +379,37 @@ def test_a_stop_while_listing_a_large_folder_stops_it(tmp_path, monkeypatch, cap
         Images(Images.Config(root=str(photos), size=8, channels=3))
     assert len(polls) == 10 and not (tmp_path / "cache").exists()
     assert "decoding" not in caplog.text
+
+
+def test_a_relative_root_is_recorded_whole_so_the_run_is_used_from_anywhere(tmp_path, env):
+    """`dataset.root=photos` (README's line) was recorded as given, relative: `vaerun eval`, a
+    resume or `vaerun.load` from another folder (a notebook's) read `photos` there, and failed
+    ("not a directory"). The run's records name the folder it read; a run recorded so by an
+    earlier vaerun still resumes from where it was trained."""
+    make_folder(tmp_path / "photos", n=20)
+    (tmp_path / "notebooks").mkdir()
+    args = ["dataset=images", "dataset.root=photos", "dataset.size=16", *QUICK]
+    for run in ("a", "old"):
+        assert run_process(["train", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+                           env=env).returncode == 0
+    a = tmp_path / "a"
+    assert f"dataset.root={tmp_path / 'photos'}\n" in (a / ".hydra" / "overrides.yaml").read_text()
+    assert torch.load(a / "checkpoints" / "last.pt")["config"]["dataset"]["root"] == str(
+        tmp_path / "photos")
+    elsewhere = tmp_path / "notebooks"
+    for command in (["eval", "run_dir=../a", "eval.iwae_k=2"],
+                    ["train", "trainer.resume=true", "trainer.epochs=2", "hydra.run.dir=../a"]):
+        proc = run_process(command, cwd=elsewhere, env=env)
+        assert proc.returncode == 0, proc.stderr
+    assert metrics(a)["epoch"] == 2
+    old = tmp_path / "old"  # as vaerun 0.2.0 recorded it
+    state = torch.load(old / "checkpoints" / "last.pt")
+    state["config"]["dataset"]["root"] = "photos"
+    torch.save(state, old / "checkpoints" / "last.pt")
+    for name in ("overrides.yaml", "config.yaml"):
+        record = old / ".hydra" / name
+        record.write_text(record.read_text().replace(str(tmp_path / "photos"), "photos"))
+    assert "root: photos" in (old / ".hydra" / "config.yaml").read_text()
+    proc = run_process(["train", "trainer.resume=true", "trainer.epochs=2", "hydra.run.dir=old"],
+                       cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and metrics(old)["epoch"] == 2, proc.stderr

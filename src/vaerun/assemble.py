@@ -236,6 +236,9 @@ def config_changes(saved: dict, current: dict) -> list[str]:
     """Keys whose values differ between two configs, except those a resume may change."""
     a, b = ({**config.defaults(c), **config.flat(c)} for c in (saved, current))  # a key newer
     free = set(config.free_keys(resume=True))  # than the run: its default
+    for c in (a, b):  # a run of vaerun <= 0.2.0 recorded a relative path as given
+        c.update({k: os.path.abspath(os.path.expanduser(c[k])) for k in config.PATHS
+                  if isinstance(c.get(k), str) and c[k]})
     a.setdefault("scheduler.name", "none")  # runs saved before schedules existed
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in free]
 

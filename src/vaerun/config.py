@@ -28,6 +28,8 @@ FLOAT32_TINY, FLOAT32_MAX = 1.1754944e-38, 3.4028235e38  # the normal float32 ra
 MAX_INT = 2**63 - 1  # torch's integers (and seeds)
 NEUTRAL = {"result": False}  # field metadata: this key changes no result (but float rounding)
 RESUMABLE = {"resume": True}  # this key may change when a run resumes
+PATHS = ("dataset.root", "eval.inception_weights")  # a file or folder: a relative one is made
+#                                   absolute as `vaerun train` reads it (the run's records name it)
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:

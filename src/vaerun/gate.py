@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vaerun.config import did_you_mean, flat, free_keys
+from vaerun.config import PATHS, did_you_mean, flat, free_keys
 from vaerun.errors import ConfigError, Refused, UserError
 from vaerun.rundir import RunDir
 
@@ -188,6 +188,20 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
     return out
 
 
+def absolute(p: Any, multirun: bool) -> Any:
+    """A relative folder or file given for a key of PATHS, made absolute from the working
+    directory: the run's records then name what it read, and `vaerun eval`, `vaerun.load` or a
+    resume from another folder (a notebook's) find it."""
+    values = list(p.sweep_string_iterator()) if p.is_sweep_override() else [p.value()]
+    if p.key_or_group not in PATHS or p.is_delete() or not all(
+            isinstance(v, str) and v for v in values):
+        return p
+    made = [v if v.startswith(("/", "~")) or "${" in v else os.path.abspath(v) for v in values]
+    text = [v if re.fullmatch(r"[\w./-]+", v, re.ASCII) else hydra_quoted(v) for v in made]
+    return p if made == values else parse([f"{p.get_key_element()}={','.join(text)}"],
+                                          multirun, False)[0]
+
+
 def one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
         ("full_key:", "object_type", "Set the environment variable", "See https"))]
@@ -311,7 +325,7 @@ def plan(args: list[str], named: str | None = None) -> Plan:
     multirun = "--multirun" in flags
     parsed = parse(with_record(parse(given, multirun), multirun) + given, multirun)
     last = {p.get_key_element(): p for p in parsed}  # the last of a key wins: Hydra's rule too
-    parsed = [p for p in parsed if last[p.get_key_element()] is p]
+    parsed = [absolute(p, multirun) for p in parsed if last[p.get_key_element()] is p]
     keys = free_keys() + ([p.get_key_element() for p in parsed if not p.is_sweep_override()
                            and not p.key_or_group.startswith("hydra")]
                           if any(p.is_sweep_override() for p in parsed) else [])
