@@ -165,15 +165,22 @@ def test_job_logging_from_a_yaml_is_refused(tmp_path, flag):
 EVIL = "import pathlib\npathlib.Path(__file__).with_name('imported').write_text('ran')\n"
 
 
-@pytest.mark.parametrize("where", ["command line", "record", "searchpath[1]"])
+@pytest.mark.parametrize("where", ["command line", "record", "hydra.yaml", "searchpath[1]"])
 def test_a_search_path_imports_no_module(finished, tmp_path, where):
     """pkg:// and structured:// in hydra.searchpath make Hydra import a module (`python -m
-    vaerun` has the working directory on sys.path): only file:// folders are taken."""
+    vaerun` has the working directory on sys.path): only file:// folders are taken, from the
+    command line or a run's records (a resume takes its search path from Hydra's record)."""
     (tmp_path / "vaerun_evil.py").write_text(EVIL)
     line = "hydra.searchpath=[pkg://vaerun_evil]"
-    if where == "record":
+    if where in ("record", "hydra.yaml"):
         run = copy_of(finished, tmp_path)
-        (run / ".hydra" / "overrides.yaml").write_text(f"- {line}\n")
+        if where == "record":
+            (run / ".hydra" / "overrides.yaml").write_text(f"- {line}\n")
+        else:
+            record = run / ".hydra" / "hydra.yaml"
+            record.write_text(record.read_text().replace("  searchpath: []", "  searchpath:\n"
+                                                         "  - pkg://vaerun_evil"))
+            assert "pkg://vaerun_evil" in record.read_text()
         refused(["train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"],
                 tmp_path, "hydra.searchpath")
     else:
@@ -181,6 +188,28 @@ def test_a_search_path_imports_no_module(finished, tmp_path, where):
             line = f"hydra.searchpath=[file://{tmp_path},structured://vaerun_evil]"
         refused(["train", *SMALL, line], tmp_path, "hydra.searchpath")
     assert not (tmp_path / "imported").exists()
+
+
+@pytest.mark.parametrize("given", [["-cd", "conf"], ["hydra.searchpath=[file://conf]"]])
+def test_a_run_of_ones_own_configs_resumes_with_its_folder_alone(tmp_path, given):
+    """A run composed with a folder of one's own configs (-cd DIR, or hydra.searchpath, both
+    relative here) resumed with its folder alone, as the interrupted run's last line says,
+    failed: 'experiment=mine is not an option' (overrides.yaml holds experiment=mine, not the
+    folder). The resume takes the folder from Hydra's record, from any working directory."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /likelihood: gaussian\n")
+    run, elsewhere = tmp_path / "run", tmp_path / "notebooks"
+    elsewhere.mkdir()
+    train = run_process(["train", *SMALL, "trainer.epochs=1", *given, "experiment=mine",
+                         f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    for cwd, epochs in ((tmp_path, 2), (elsewhere, 3)):
+        proc = run_process(["train", "trainer.resume=true", f"trainer.epochs={epochs}",
+                            f"hydra.run.dir={run}"], cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["epoch"] == 3 and "test/sse_term" in m  # still the Gaussian of experiment=mine
 
 
 def test_a_primary_yaml_of_yours_sets_no_search_path(tmp_path):

@@ -189,10 +189,16 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
 
 
 def absolute(p: Any, multirun: bool) -> Any:
-    """A relative folder or file given for a key of PATHS, made absolute from the working
-    directory: the run's records then name what it read, and `vaerun eval`, `vaerun.load` or a
-    resume from another folder (a notebook's) find it."""
+    """A relative folder or file given for a key of PATHS or hydra.searchpath, made absolute
+    from the working directory: the run's records then name what it read, and `vaerun eval`,
+    `vaerun.load` or a resume from another folder (a notebook's) find it."""
     values = list(p.sweep_string_iterator()) if p.is_sweep_override() else [p.value()]
+    if p.key_or_group == "hydra.searchpath" and isinstance(p.value(), list):  # file://PATH each
+        made = [f"file://{os.path.abspath(v[7:])}" if str(v).startswith("file://") and "${" not in
+                v and not v[7:].startswith(("/", "~")) else v for v in p.value()]
+        return p if made == p.value() else parse(
+            [f"hydra.searchpath=[{','.join(hydra_quoted(str(v)) for v in made)}]"], multirun,
+            False)[0]
     if p.key_or_group not in PATHS or p.is_delete() or not all(
             isinstance(v, str) and v for v in values):
         return p
@@ -305,14 +311,21 @@ def check_job(cfg: DictConfig, base: dict[str, Any] | None) -> DictConfig:
     return OmegaConf.create(raw)
 
 
-def with_record(parsed: list[Any], multirun: bool) -> list[str]:
+def with_record(parsed: list[Any], flags: dict[str, Any], named: str | None) -> list[str]:
     """`vaerun train trainer.resume=true hydra.run.dir=RUN`: the run's recorded overrides
-    (RUN/.hydra/overrides.yaml) that those given do not set, to go first."""
+    (RUN/.hydra/overrides.yaml) that those given do not set, to go first, and the folders of
+    configs it was composed with (-cd, hydra.searchpath: Hydra's record) unless given."""
     given = {p.key_or_group: p.value() for p in parsed}
-    if multirun or given.get("trainer.resume") is not True or "hydra.run.dir" not in given:
+    if "--multirun" in flags or given.get("trainer.resume") is not True or \
+            "hydra.run.dir" not in given:
         return []
-    return [o for o in RunDir(str(given["hydra.run.dir"])).overrides()
-            if o.split("=", 1)[0].lstrip("+~") not in given]
+    rd = RunDir(str(given["hydra.run.dir"]))
+    if rd.kind() != "run":  # no run of vaerun's: refused (or new) as its folder is checked
+        return []
+    rd.check_links(named or "hydra.run.dir")  # its records are read through no link
+    found = [] if "hydra.searchpath" in given or "--config-dir" in flags else rd.searchpath()
+    return [o for o in rd.overrides() if o.split("=", 1)[0].lstrip("+~") not in given] + [
+        f"hydra.searchpath=[{','.join(hydra_quoted(str(f)) for f in found)}]"] * bool(found)
 
 
 def plan(args: list[str], named: str | None = None) -> Plan:
@@ -323,7 +336,7 @@ def plan(args: list[str], named: str | None = None) -> Plan:
 
     flags, words, given = read_args(args)
     multirun = "--multirun" in flags
-    parsed = parse(with_record(parse(given, multirun), multirun) + given, multirun)
+    parsed = parse(with_record(parse(given, multirun), flags, named) + given, multirun)
     last = {p.get_key_element(): p for p in parsed}  # the last of a key wins: Hydra's rule too
     parsed = [absolute(p, multirun) for p in parsed if last[p.get_key_element()] is p]
     keys = free_keys() + ([p.get_key_element() for p in parsed if not p.is_sweep_override()

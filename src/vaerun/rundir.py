@@ -108,7 +108,7 @@ class RunDir:
 
     MARKER, CHECKPOINT, METRICS, LOG, LOCK = (".vaerun", "checkpoints/last.pt", "metrics.json",
                                               "train.log", ".lock")
-    OVERRIDES, CONFIG = ".hydra/overrides.yaml", ".hydra/config.yaml"  # Hydra's records
+    OVERRIDES, CONFIG, HYDRA = ".hydra/overrides.yaml", ".hydra/config.yaml", ".hydra/hydra.yaml"
     KL, IMAGES = "kl_per_dim.json", "images"
 
     def __init__(self, path: str | os.PathLike):
@@ -225,6 +225,17 @@ class RunDir:
         """The run's recorded command-line overrides ([] if none)."""
         ok = lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)  # noqa: E731
         return self.record(self.OVERRIDES, ok, "a list of overrides") or []
+
+    def searchpath(self) -> list[str]:
+        """The folders of the user's configs the run was composed with (hydra.searchpath, and
+        -cd as Hydra's record names it), which overrides.yaml does not hold ([] if none)."""
+        record = self.record(self.HYDRA, lambda v: isinstance(v, dict), "a record of Hydra's")
+        h = record.get("hydra") if isinstance(record, dict) else None
+        at = lambda d, k: d.get(k) if isinstance(d, dict) else None  # noqa: E731
+        cd = [f"file://{at(s, 'path')}" for s in at(at(h, "runtime"), "config_sources") or []
+              if at(s, "provider") == "command-line"]
+        paths = at(h, "searchpath")
+        return [*(paths if isinstance(paths, list) else []), *cd]
 
     def clean_temporaries(self) -> None:
         """Remove what a writer killed mid-write left (vaerun's pattern only; under the lock)."""
