@@ -105,6 +105,10 @@ def test_log_lines_say_what_they_are(vaerun, tmp_path):
     final = next(ln for ln in text.splitlines() if " - test: test ELBO" in ln)
     assert "metrics.json" in final and f"(tensorboard --logdir '{run}')" in final and \
         "images/" in final
+    from vaerun.loop import summary
+
+    assert summary({"test/elbo": -80.0, "test/nll_iwae": 79.0, "test/bits_per_dim": 1.5}, run,
+                   20).startswith("test: test ELBO -80 nats, IWAE -log p(x) 79 nats, 1.5 bits/dim;")
     run = tmp_path / "b"
     assert vaerun("train", *SMALL, "trainer.epochs=1", "likelihood=gaussian",
                   f"hydra.run.dir={run}") == 0

@@ -115,7 +115,7 @@ def _train(session: Session, stop: StopRequests, compare: list[str], swept: bool
 
 def summary(m: dict[str, Any], run_dir: Any, latents: int) -> str:
     """A few labelled numbers of a finished run, and where the rest are kept."""
-    parts = [f"{label} {m[k]:.4g}{unit}" for k, label, unit in (
+    parts = [f"{label} {m[k]:.4g}{unit}".lstrip() for k, label, unit in (
         ("test/elbo", "test ELBO", " nats"), ("test/nll_iwae", "IWAE -log p(x)", " nats"),
         ("test/bits_per_dim", "", " bits/dim"), ("test/kl", "KL", " nats"),
         ("test/implied_sigma", "implied sigma", ""), ("test/fid_mean", "FID of prior means", ""))
