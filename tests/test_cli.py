@@ -144,6 +144,16 @@ def test_bad_input_is_one_error_line(tmp_path, args):
     assert not (tmp_path / "outputs").exists()  # nothing started
 
 
+def test_a_folder_given_bare_to_eval_or_report_is_shown_as_the_key_it_needs(vaerun, tmp_path,
+                                                                            capsys):
+    (tmp_path / "runs" / "my run").mkdir(parents=True)
+    for command, key in (("eval", "run_dir"), ("report", "sweep_dir")):
+        assert vaerun(command, "runs/my run") == 2
+        assert f"(a folder: {key}='runs/my run')" in capsys.readouterr().err
+    assert vaerun("eval", "nofolder") == 2
+    assert "(a folder" not in capsys.readouterr().err
+
+
 def test_python_dash_m_is_the_same_cli(tmp_path):
     proc = run_process(["--help"], cwd=tmp_path)
     assert proc.returncode == 0 and "vaerun train" in proc.stdout

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shlex
 import sys
 import threading
 from collections.abc import Iterator
@@ -58,7 +60,8 @@ def path_arg(args: list[str], key: str) -> tuple[str, list[str]]:
     usage = f"usage: vaerun {name} {COMMANDS[name]}"
     bad = [a for a in args if "=" not in a]
     if bad:
-        raise UserError(f"{bad[0]!r} is not key=value; {usage}")
+        hint = f" (a folder: {key}={shlex.quote(bad[0])})" if os.path.isdir(bad[0]) else ""
+        raise UserError(f"{bad[0]!r} is not key=value{hint}; {usage}")
     paths = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == key]
     if not paths or not paths[-1]:
         raise UserError(f"{key} {'needs a path' if paths else 'is required'}: {usage}")
