@@ -583,6 +583,23 @@ def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path)
     assert (got["status"], got["epoch"]) == ("finished", 3)
 
 
+def test_a_stop_while_a_sweep_is_checked_ends_it_before_anything_is_made(tmp_path, caplog):
+    """Checking a sweep of many jobs takes seconds (each composed once): a Ctrl-C then was
+    only acted on once Hydra had made the sweep's folder and job 0's records, and job 0 said
+    'nothing was written' into a folder it had just made. It ends the command there."""
+    from vaerun import api
+    from vaerun.signals import StopRequests
+
+    sweep = tmp_path / "sweep"
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # its handler runs before the next line
+        assert stop.requested
+        with pytest.raises(vaerun.Interrupted) as stopped:
+            api.run_train(["-m", *SMALL, "trainer.seed=1,2,3", f"hydra.sweep.dir={sweep}"], stop)
+    assert stopped.value.exit_code == 130 and not sweep.exists()
+    assert "no job began, nothing written" in caplog.text
+
+
 def test_a_folder_given_as_run_dir_is_named_run_dir_when_refused(tmp_path):
     """A refused `run_dir=` was named `hydra.run.dir`, a key the Python caller never wrote."""
     (tmp_path / "etc").symlink_to("/etc")

@@ -124,7 +124,12 @@ def run_train(args: Sequence[str], stop: Any, named: str | None = None) -> list[
     import hydra
 
     with kept():
-        plan = gate.plan(list(args), named)
+        try:  # a stop while the jobs are checked ends it before Hydra makes anything
+            plan = gate.plan(list(args), named, stop.check)
+            stop.check()
+        except Interrupted:
+            log.warning("stopped while the command was checked: no job began, nothing written")
+            raise
         top = plan.sweep or (plan.jobs[0].folder if plan.jobs else None)
         # accepted: its folder locked (before Hydra writes into it: a second command started
         # with it is refused here) and made vaerun's; a sweep's jobs are locked by each

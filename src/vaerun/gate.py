@@ -328,10 +328,11 @@ def with_record(parsed: list[Any], flags: dict[str, Any], named: str | None) -> 
         f"hydra.searchpath=[{','.join(hydra_quoted(str(f)) for f in found)}]"] * bool(found)
 
 
-def plan(args: list[str], named: str | None = None) -> Plan:
+def plan(args: list[str], named: str | None = None, poll: Any = lambda: None) -> Plan:
     """Check the command line of `vaerun train` and every job it asks for: the Plan, or a
     UserError (ConfigError, Refused) for the first thing wrong (`named`: the run's folder as a
-    caller named it, for hydra.run.dir, in those lines)."""
+    caller named it, for hydra.run.dir, in those lines; `poll`: called between jobs, raises
+    to stop: a sweep of many jobs takes seconds to check)."""
     from vaerun.assemble import checked
 
     flags, words, given = read_args(args)
@@ -354,8 +355,11 @@ def plan(args: list[str], named: str | None = None) -> Plan:
     with composer() as loader:  # vaerun's own hydra node, where a yaml of yours could change it
         base = compose(CONFIG_NAME, [p.input_line for p in parsed if p.key_or_group ==
                                      "hydra/launcher"] + own[-1:], loader) if yours else None
-        composed = [compose(flags.get("--config-name", CONFIG_NAME), [*searched, *job], loader)
-                    for job in itertools.product(*lists)]
+        composed = []
+        for job in itertools.product(*lists):
+            poll()
+            composed.append(compose(flags.get("--config-name", CONFIG_NAME), [*searched, *job],
+                                    loader))
     hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra") if yours else {}
     out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base if yours else None))
                                        for c in composed])
