@@ -600,6 +600,19 @@ def test_a_stop_while_a_sweep_is_checked_ends_it_before_anything_is_made(tmp_pat
     assert "no job began, nothing written" in caplog.text
 
 
+def test_a_stop_during_a_report_ends_it_with_nothing_written(finished, tmp_path):
+    """`vaerun report` of a large sweep draws for seconds (a figure each): a Ctrl-C was only
+    acted on once every file was written. It ends the report between figures, before any."""
+    from vaerun import api
+    from vaerun.signals import StopRequests
+
+    with StopRequests(saves="") as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(vaerun.Interrupted):
+            api.report(finished, tmp_path / "report", stop)
+    assert not (tmp_path / "report").exists()
+
+
 def test_a_folder_given_as_run_dir_is_named_run_dir_when_refused(tmp_path):
     """A refused `run_dir=` was named `hydra.run.dir`, a key the Python caller never wrote."""
     (tmp_path / "etc").symlink_to("/etc")

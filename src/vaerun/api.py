@@ -329,14 +329,17 @@ def load(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Trained:
     return Trained(vae.eval(), data, cfg)
 
 
-def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> list[Path]:
+def report(sweep_dir: str | os.PathLike, out: str | os.PathLike | None = None, stop: Any = None
+           ) -> list[Path]:
     """Tables and figures of every run below `sweep_dir`, written into it (a sweep's folder),
-    or into `out` (a new folder: for runs of your own folder, e.g. a notebook's); their paths."""
+    or into `out` (a new folder: for runs of your own folder, e.g. a notebook's); their paths.
+    `stop`: the command's stop requests (a stop signal raises Interrupted, nothing written)."""
     from vaerun.reporting import report as write_report
 
     with CALLS:
         return write_report(RunDir(folder("sweep_dir", sweep_dir)),
-                            None if out is None else RunDir(folder("out", out)))
+                            None if out is None else RunDir(folder("out", out)),
+                            stop.check if stop else lambda: None)
 
 
 def objective(cfg: Any) -> Any:

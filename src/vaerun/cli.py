@@ -94,7 +94,7 @@ def command(name: str, args: list[str], stop) -> int:  # noqa: ANN001
     if other := [a for a in extra if a.split("=", 1)[0] != "out"]:
         raise UserError(f"unexpected argument {other[0]!r}; usage: vaerun report "
                         f"{COMMANDS['report']}")
-    for p in api.report(sweep_dir, path_arg(extra, "out")[0] if extra else None):
+    for p in api.report(sweep_dir, path_arg(extra, "out")[0] if extra else None, stop):
         print(f"wrote {p}")
     return 0
 

@@ -175,7 +175,7 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
     return "\n".join(lines) + "\n"
 
 
-def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
+def figures(groups: list[Group], keys: list[str], poll: Any = lambda: None) -> dict[str, bytes]:
     """The report's figures. Their labels are the runs' recorded values, drawn as plain text:
     matplotlib would read two `$` in one as TeX (a value `$a$_^` failed the whole report), so
     each `$` of them is escaped; the axes' own labels (10² on a log axis) stay TeX."""
@@ -184,22 +184,26 @@ def figures(groups: list[Group], keys: list[str]) -> dict[str, bytes]:
     plain = lambda s: str(s).replace("$", "\\$")  # noqa: E731
     groups = [Group(tuple((plain(k), plain(v)) for k, v in g.key), g.runs) for g in groups]
     keys = [plain(k) for k in keys]
-    out = {"rate_distortion.png": plots.rate_distortion(groups),
-           "sweep.png": plots.sweep(groups, keys),
-           "curves.png": plots.curves(groups),
-           "samples.png": plots.samples(groups)}
+    todo = {"rate_distortion.png": lambda: plots.rate_distortion(groups),
+            "sweep.png": lambda: plots.sweep(groups, keys),
+            "curves.png": lambda: plots.curves(groups), "samples.png": lambda: plots.samples(groups)}
     if any(g.values("test/bits_per_dim") for g in groups):
-        out["bits_per_dim.png"] = plots.bits_per_dim(groups)
+        todo["bits_per_dim.png"] = lambda: plots.bits_per_dim(groups)
     if any(g.values("test/ppca_kl") for g in groups):
-        out["kl_per_dim.png"] = plots.kl_per_dim(groups)
+        todo["kl_per_dim.png"] = lambda: plots.kl_per_dim(groups)
     if any(g.values("test/fid_mean") and g.values("test/bits_per_dim") for g in groups):
-        out["quality.png"] = plots.quality(groups)
+        todo["quality.png"] = lambda: plots.quality(groups)
+    out = {}
+    for name, draw in todo.items():  # a second each for a large sweep: a stop is polled
+        poll()
+        out[name] = draw()
     return out
 
 
-def report(rd: RunDir, out: RunDir | None = None) -> list[Path]:
+def report(rd: RunDir, out: RunDir | None = None, poll: Any = lambda: None) -> list[Path]:
     """Write every report file into the sweep's folder (one vaerun made), or into `out` (a new
-    folder, or one of vaerun's reports); their paths."""
+    folder, or one of vaerun's reports); their paths. `poll` raises to stop (before any is
+    written)."""
     where = rd.given
     if not rd.path.is_dir():
         raise UserError(f"sweep_dir={where} is not a directory; give a multirun directory "
@@ -224,7 +228,8 @@ def report(rd: RunDir, out: RunDir | None = None) -> list[Path]:
         "report.md": markdown_text(rd.path, groups, keys, metrics,
                                    [r for r in runs if r.status != "finished"]).encode()}
     if groups:
-        files.update(figures(groups, keys))
+        files.update(figures(groups, keys, poll))
+    poll()
     if out is not None:
         out.mark("report")
     return [(out or rd).write(name, data) for name, data in files.items()]  # all made: written
