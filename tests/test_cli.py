@@ -130,6 +130,9 @@ BAD = {
     "-m likelihood=gaussian likelihood.sigma=0.1,0": "likelihood.sigma",
     "hydra.run.dir=runs/a=b,c=d": "hydra.run.dir=runs/a=b,c=d: mismatched input",
     "-m likelihood.sigma=0.1,0.3 hydra.sweep.dir=runs/σ=1": "hydra.sweep.dir=runs/σ=1: ",
+    "trainer.resume=true": "continues the run in the folder you give (hydra.run.dir=RUN)",
+    "-m trainer.seed=1,2 trainer.resume=true": "continues the sweep in the folder you give "
+                                               "(hydra.sweep.dir=outputs/multirun/NAME)",
 }
 
 

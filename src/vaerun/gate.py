@@ -50,6 +50,7 @@ LEAST = {"timeout_min": 0, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, 
          "signal_delay_s": 0, "max_num_timeout": 0, "verbose": 0}  # the launchers' counts
 # (on SLURM timeout_min=0 is no time limit, mem_gb=0 all of a node's memory)
 DEFAULT_RUN_DIR = "outputs/runs/${now:%Y-%m-%d_%H-%M-%S-%f}"  # conf/train.yaml's: vaerun names it
+DEFAULT_SWEEP_DIR = "outputs/multirun/${now:%Y-%m-%d_%H-%M-%S-%f}"
 
 
 def short(name: str, most: int = 200) -> str:
@@ -373,6 +374,12 @@ def place(out: Plan, composed: list[DictConfig], named: str | None = None) -> Pl
     what = "sweep" if "--multirun" in out.flags else "run"
     given, mine = f"hydra.{what}.dir", composed[0].hydra[what]
     key = named if named and what == "run" else given
+    if any(c.trainer.resume for c in out.configs) and OmegaConf.to_container(mine)["dir"] == (
+            DEFAULT_RUN_DIR if what == "run" else DEFAULT_SWEEP_DIR):  # a new folder: no resume
+        fix = f"{key}=" + ("RUN" if what == "run" else "outputs/multirun/NAME")
+        raise ConfigError("trainer.resume", True, "", f"trainer.resume=true continues the {what} "
+                          f"in the folder you give ({fix}); without one this command makes a new "
+                          "folder")
     if what == "run" and OmegaConf.to_container(mine)["dir"] == DEFAULT_RUN_DIR:
         stem = where = f"outputs/runs/{datetime.now():%m%d-%H%M%S}_" + short(
             composed[0].hydra.job.override_dirname or "default")  # a time, then what changed
