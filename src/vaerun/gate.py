@@ -293,7 +293,7 @@ def check_job(cfg: DictConfig, base: dict[str, Any] | None) -> DictConfig:
     user's is on the search path), its interpolations and targets; its vaerun part, with
     interpolations kept (they resolve within it)."""
     mine = flat(OmegaConf.to_container(cfg.hydra, resolve=False), "hydra") if base else {}
-    for key in set(mine) | set(base or {}):
+    for key in [*sorted(mine), *sorted(set(base or {}) - set(mine))]:  # what was set, first
         if not key.startswith(COMPUTED) and mine.get(key, ...) != base.get(key, ...):
             allow(key, mine.get(key, "<deleted>"))
             refuse_resolver(key, mine.get(key))
