@@ -190,7 +190,8 @@ def test_a_search_path_imports_no_module(finished, tmp_path, where):
     assert not (tmp_path / "imported").exists()
 
 
-@pytest.mark.parametrize("given", [["-cd", "conf"], ["hydra.searchpath=[file://conf]"]])
+@pytest.mark.parametrize("given", [["-cd", "conf"], pytest.param(
+    ["hydra.searchpath=[file://conf]"], marks=pytest.mark.slow)])  # one path: the other, -m slow
 def test_a_run_of_ones_own_configs_resumes_with_its_folder_alone(tmp_path, given):
     """A run composed with a folder of one's own configs (-cd DIR, or hydra.searchpath, both
     relative here) resumed with its folder alone, as the interrupted run's last line says,
@@ -204,12 +205,11 @@ def test_a_run_of_ones_own_configs_resumes_with_its_folder_alone(tmp_path, given
     train = run_process(["train", *SMALL, "trainer.epochs=1", *given, "experiment=mine",
                          f"hydra.run.dir={run}"], cwd=tmp_path)
     assert train.returncode == 0, train.stderr
-    for cwd, epochs in ((tmp_path, 2), (elsewhere, 3)):
-        proc = run_process(["train", "trainer.resume=true", f"trainer.epochs={epochs}",
-                            f"hydra.run.dir={run}"], cwd=cwd)
-        assert proc.returncode == 0, proc.stderr
+    proc = run_process(["train", "trainer.resume=true", "trainer.epochs=2",
+                        f"hydra.run.dir={run}"], cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
     m = json.loads((run / "metrics.json").read_text())
-    assert m["epoch"] == 3 and "test/sse_term" in m  # still the Gaussian of experiment=mine
+    assert m["epoch"] == 2 and "test/sse_term" in m  # still the Gaussian of experiment=mine
 
 
 def test_a_primary_yaml_of_yours_sets_no_search_path(tmp_path):

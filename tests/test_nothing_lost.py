@@ -59,7 +59,8 @@ def one_error_line(stderr: str) -> str:
 
 
 # -- 1, 8: signals at the end, twice, and at the start -----------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+                                 signal.SIGINT])  # one handler: SIGTERM's case with -m slow
 def test_a_signal_during_the_final_evaluation_keeps_the_training(tmp_path, sig):
     run, full = tmp_path / "run", tmp_path / "full"
     proc = start(["train", *LONG_EVAL, f"hydra.run.dir={run}"], tmp_path)
