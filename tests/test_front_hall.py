@@ -212,6 +212,15 @@ def test_a_run_of_ones_own_configs_resumes_with_its_folder_alone(tmp_path, given
     assert m["epoch"] == 2 and "test/sse_term" in m  # still the Gaussian of experiment=mine
 
 
+@pytest.mark.parametrize("bad", ["  searchpath: 7", "  searchpath:\n  - [file:///x]"])
+def test_a_hydra_record_of_other_shapes_is_one_line_on_a_resume(finished, tmp_path, bad):
+    run = copy_of(finished, tmp_path)
+    record = run / ".hydra" / "hydra.yaml"
+    record.write_text(record.read_text().replace("  searchpath: []", bad))
+    refused(["train", "trainer.resume=true", "trainer.epochs=2", f"hydra.run.dir={run}"],
+            tmp_path, "is not a record of Hydra's (its searchpath or config_sources)")
+
+
 def test_a_primary_yaml_of_yours_sets_no_search_path(tmp_path):
     """Hydra reads hydra.searchpath from the primary config (-cd DIR -cn NAME) before vaerun
     could check it: vaerun composes only its own primary config, so that one is never read."""

@@ -229,13 +229,16 @@ class RunDir:
     def searchpath(self) -> list[str]:
         """The folders of the user's configs the run was composed with (hydra.searchpath, and
         -cd as Hydra's record names it), which overrides.yaml does not hold ([] if none)."""
-        record = self.record(self.HYDRA, lambda v: isinstance(v, dict), "a record of Hydra's")
-        h = record.get("hydra") if isinstance(record, dict) else None
         at = lambda d, k: d.get(k) if isinstance(d, dict) else None  # noqa: E731
-        cd = [f"file://{at(s, 'path')}" for s in at(at(h, "runtime"), "config_sources") or []
-              if at(s, "provider") == "command-line"]
-        paths = at(h, "searchpath")
-        return [*(paths if isinstance(paths, list) else []), *cd]
+        h = at(self.record(self.HYDRA, lambda v: isinstance(v, dict), "a record of Hydra's"),
+               "hydra")
+        paths, sources = at(h, "searchpath") or [], at(at(h, "runtime"), "config_sources") or []
+        cd = [at(s, "path") for s in sources if at(s, "provider") == "command-line"] \
+            if isinstance(sources, list) else [None]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in [*paths, *cd]):
+            raise UserError(f"{self.file(self.HYDRA)} is not a record of Hydra's (its searchpath "
+                            "or config_sources); restore it, or delete it")
+        return [*paths, *(f"file://{p}" for p in cd)]
 
     def clean_temporaries(self) -> None:
         """Remove what a writer killed mid-write left (vaerun's pattern only; under the lock)."""
