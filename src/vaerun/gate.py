@@ -209,6 +209,25 @@ def absolute(p: Any, multirun: bool) -> Any:
                                           multirun, False)[0]
 
 
+def pinned(composed: list[DictConfig], given: set[str], multirun: bool) -> list[str]:
+    """A relative folder or file that a yaml of yours gives for a key of PATHS, the same in
+    every job: made absolute in each composed job, and its override for Hydra's (not in the
+    folders' names), so the records name what the run read, as for one given on the command
+    line. (One that differs between the jobs of a sweep is left as it is.)"""
+    pins = []
+    for key in PATHS:
+        values = {repr(OmegaConf.select(c, key, default=None)) for c in composed}
+        value = OmegaConf.select(composed[0], key, default=None)
+        if key in given or len(values) > 1 or not isinstance(value, str) or not value or \
+                value.startswith(("/", "~")):
+            continue
+        p = absolute(parse([f"{key}={hydra_quoted(value)}"], multirun, False)[0], multirun)
+        for c in composed:
+            OmegaConf.update(c, key, p.value())
+        pins.append(p.input_line)
+    return pins
+
+
 def one_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
         ("full_key:", "object_type", "Set the environment variable", "See https"))]
@@ -362,6 +381,9 @@ def plan(args: list[str], named: str | None = None, poll: Any = lambda: None) ->
             composed.append(compose(flags.get("--config-name", CONFIG_NAME), [*searched, *job],
                                     loader))
     hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra") if yours else {}
+    pins = pinned(composed, {p.key_or_group for p in parsed}, multirun)
+    keys += [p.split("=", 1)[0] for p in pins]  # pinned, not in the folders' names
+    own[-1:] = [*pins, f"{EXCLUDE}=[{','.join(hydra_quoted(k) for k in dict.fromkeys(keys))}]"]
     out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base if yours else None))
                                        for c in composed])
     return out if out.shows else place(out, composed, named)
