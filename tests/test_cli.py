@@ -125,6 +125,8 @@ BAD = {
     "trainer.device=tpu": "trainer.device",
     "trainer.device=cuda": "trainer.device",
     "likelihood=nope": "likelihood=nope",
+    "+recipe=antixk": "the config has recipe already (+ adds what it lacks); choose the option "
+                      "without +: recipe=antixk",  # was Hydra's hint for a yaml's defaults list
     "likelihood.sigmaa=1": "likelihood.sigmaa",
     "likelihood=gaussian_learned likelihood.variance=wide": "likelihood.variance",
     "-m likelihood=gaussian likelihood.sigma=0.1,0": "likelihood.sigma",

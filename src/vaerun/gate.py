@@ -283,6 +283,9 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
     for p in parsed:
         key, value, close = p.key_or_group, str(p.value()), difflib.get_close_matches(
             p.key_or_group, loader.list_groups(""), n=1, cutoff=0.6)
+        if key in groups and p.is_add():
+            return key, None, "", (f"{p.input_line}: the config has {key} already (+ adds what "
+                                   f"it lacks); choose the option without +: {key}={value}")
         if key in groups and value not in (opts := options(key)):
             return key, None, "", (f"{key}={value} is not an option{did_you_mean(value, opts)}; "
                                    f"choose one of: {', '.join(opts)}")
