@@ -125,6 +125,7 @@ BAD = {
     "trainer.device=tpu": "trainer.device",
     "trainer.device=cuda": "trainer.device",
     "likelihood=nope": "likelihood=nope",
+    "hydra.searchpath=[file://nothere]": "nothere is not a folder: give the folder of your configs",
     "+recipe=antixk": "the config has recipe already (+ adds what it lacks); choose the option "
                       "without +: recipe=antixk",  # was Hydra's hint for a yaml's defaults list
     "likelihood.sigmaa=1": "likelihood.sigmaa",

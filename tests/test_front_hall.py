@@ -210,6 +210,11 @@ def test_a_run_of_ones_own_configs_resumes_with_its_folder_alone(tmp_path, given
     assert proc.returncode == 0, proc.stderr
     m = json.loads((run / "metrics.json").read_text())
     assert m["epoch"] == 2 and "test/sse_term" in m  # still the Gaussian of experiment=mine
+    (tmp_path / "conf").rename(tmp_path / "moved")  # was Hydra's UserWarning, then "not an option"
+    refused(["train", "trainer.resume=true", "trainer.epochs=3", f"hydra.run.dir={run}"],
+            elsewhere, f"was composed with the configs in {tmp_path / 'conf'} (its "
+            ".hydra/hydra.yaml says), which is not a folder now: restore it, or give where they "
+            "are now with -cd DIR")
 
 
 @pytest.mark.parametrize("bad", ["  searchpath: 7", "  searchpath:\n  - [file:///x]"])

@@ -122,11 +122,15 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
 def allow(key: str, value: Any) -> None:
     """Of Hydra's own keys, the user may set only YOURS (the launcher's, but not its targets;
     a search path of folders only: pkg:// and structured:// import a module)."""
+    paths = value if isinstance(value, list) else [] if value is None else [value]
     if key.startswith("hydra.searchpath") and not all(
-            isinstance(v, str) and v.startswith("file://") for v in (
-                value if isinstance(value, list) else [] if value is None else [value])):
+            isinstance(v, str) and v.startswith("file://") for v in paths):
         raise ConfigError(key, value, "a search path is folders, each file://PATH (pkg:// and "
                           "structured:// import a module; -cd DIR adds a folder)")
+    if key.startswith("hydra.searchpath") and (gone := [v for v in paths if "${" not in v and not
+                                                         os.path.isdir(os.path.expanduser(v[7:]))]):
+        raise ConfigError(key, value, f"{gone[0][7:]} is not a folder: give the folder of your "
+                          "configs")
     if THREADS.get(key) == str(value).strip("'\""):
         raise ConfigError(key, value, "it runs a sweep's jobs as threads of one process, which "
                           "would share torch's settings and random streams; leave it out "
@@ -347,6 +351,10 @@ def with_record(parsed: list[Any], flags: dict[str, Any], named: str | None) -> 
         return []
     rd.check_links(named or "hydra.run.dir")  # its records are read through no link
     found = [] if "hydra.searchpath" in given or "--config-dir" in flags else rd.searchpath()
+    if gone := [f for f in found if f.startswith("file://") and not os.path.isdir(f[7:])]:
+        raise UserError(f"the run in {rd} was composed with the configs in {gone[0][7:]} (its "
+                        f"{rd.HYDRA} says), which is not a folder now: restore it, or give where "
+                        "they are now with -cd DIR")
     return [o for o in rd.overrides() if o.split("=", 1)[0].lstrip("+~") not in given] + [
         f"hydra.searchpath=[{','.join(hydra_quoted(str(f)) for f in found)}]"] * bool(found)
 
