@@ -435,3 +435,35 @@ def test_a_relative_root_in_a_yaml_of_yours_is_recorded_whole(tmp_path, env):
     proc = run_process(["eval", f"run_dir={run}", "eval.iwae_k=2"], cwd=tmp_path / "notebooks",
                        env=env)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_images_moved_are_named_anew_at_evaluation_load_and_resume(tmp_path, monkeypatch):
+    """A run's images moved (or the run is used on another machine): `vaerun eval` said "give
+    the folder of your images (dataset.root=DIR)", then refused dataset.root=DIR, "cannot change
+    at evaluation". It may be given at evaluation, load and resume; the checkpoint's digest of
+    the images refuses other ones, and an older checkpoint, without one, any other folder."""
+    import vaerun
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_folder(tmp_path / "photos", n=20)
+    run = tmp_path / "run"
+    vaerun.train(["dataset=images", "dataset.root=photos", "dataset.size=8", *QUICK], run_dir=run)
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    with pytest.raises(vaerun.ConfigError, match="not a directory"):
+        vaerun.evaluate(run, ["eval.iwae_k=2"])
+    assert vaerun.evaluate(run, ["eval.iwae_k=2", "dataset.root=moved"])["test/nll_iwae"] > 0
+    assert vaerun.load(run, ["dataset.root=moved"]).data.test.shape[1] == 3 * 8 * 8
+    vaerun.train(["trainer.resume=true", "trainer.epochs=2", "dataset.root=moved"], run_dir=run)
+    assert metrics(run)["epoch"] == 2
+    assert torch.load(run / "checkpoints" / "last.pt")["config"]["dataset"]["root"] == str(
+        tmp_path / "moved")
+    assert vaerun.evaluate(run, ["eval.iwae_k=2"])["test/nll_iwae"] > 0  # its records agree
+    make_folder(tmp_path / "other", n=20, seed=1)
+    with pytest.raises(vaerun.Refused, match="are not those the run in"):
+        vaerun.evaluate(run, ["eval.iwae_k=2", "dataset.root=other"])
+    state = torch.load(run / "checkpoints" / "last.pt")
+    del state["data"]  # as an earlier vaerun wrote it
+    torch.save(state, run / "checkpoints" / "last.pt")
+    with pytest.raises(vaerun.ConfigError, match="records no digest of its images"):
+        vaerun.load(run, ["dataset.root=other"])

@@ -300,7 +300,7 @@ def saved_run(run_dir: Any, overrides: Sequence[str], loop: bool = True
         if bad:
             raise UserError(f"run_dir={rd.given} {why}; give a run directory made by vaerun train")
     rd.check_links("run_dir")
-    return rd, {p.key_or_group: p.value() for p in gate.parse(given, False)}
+    return rd, {p.key_or_group: gate.absolute(p, False).value() for p in gate.parse(given, False)}
 
 
 @dataclass

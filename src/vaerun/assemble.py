@@ -39,6 +39,7 @@ from vaerun.rundir import RunDir
 from vaerun.runtime import applied, free_memory, resolve_device, threads
 
 log = logging.getLogger("vaerun")
+MOVED = "dataset.root"  # may be given anew at evaluation and resume: the images are checked
 
 
 @functools.cache
@@ -232,10 +233,13 @@ class Session:
         return self.status == "finished" and self.progress.epoch >= self.cfg.trainer.epochs
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ between two configs, except those a resume may change."""
+def config_changes(saved: dict, current: dict, digest: str | None = None) -> list[str]:
+    """Keys whose values differ between two configs, except those a resume may change and,
+    where the checkpoint holds a `digest` of its images (`same_data` then checks them), the
+    folder they are read from (MOVED: the images moved, or a run is used on another machine)."""
     a, b = ({**config.defaults(c), **config.flat(c)} for c in (saved, current))  # a key newer
-    free = set(config.free_keys(resume=True))  # than the run: its default
+    free = set(config.free_keys(resume=True)) | ({MOVED} if digest else set())  # than the run:
+    #                                                                             its default
     for c in (a, b):  # a run of vaerun <= 0.2.0 recorded a relative path as given
         c.update({k: os.path.abspath(os.path.expanduser(c[k])) for k in config.PATHS
                   if isinstance(c.get(k), str) and c[k]})
@@ -256,7 +260,7 @@ def resume_state(cfg: RunConfig, rd: RunDir, key: str = "hydra.run.dir") -> dict
         raise Refused(f"{rd} already holds a run; add trainer.resume=true to continue it, or "
                       f"choose another {key}")
     state = rd.load_checkpoint()
-    if changed := config_changes(state["config"], cfg.plain):
+    if changed := config_changes(state["config"], cfg.plain, state.get("data")):
         raise Refused(f"the checkpoint in {rd} is from another config (differs in "
                       f"{', '.join(changed)}); resume with its overrides or use another {key}")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
@@ -319,15 +323,20 @@ def load_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = N
     # (in what a resume may change they may differ: a resume refused as it began left Hydra's
     # record of its trainer.epochs, the checkpoint its own)
     if saved is not None and config_changes(
-            OmegaConf.to_container(OmegaConf.create(saved), resolve=True), state["config"]):
+            OmegaConf.to_container(OmegaConf.create(saved), resolve=True), state["config"],
+            state.get("data")):
         raise UserError(f"{rd.file(rd.CONFIG)} is not the checkpoint's config; restore it, or "
                         "delete it (the checkpoint holds the run's config)")
     rd.overrides()  # the record the report labels the run by: a list, or refused
     cfg = OmegaConf.create(state["config"])
     OmegaConf.set_struct(cfg, True)
     for key, value in (overrides or {}).items():
-        require(key.startswith("eval.") or key in free, key, value, "cannot change at "
-                f"evaluation; only eval.* and {', '.join(free)} can")
+        require(key.startswith("eval.") or key in free or key == MOVED, key, value, "cannot "
+                f"change at evaluation; only eval.*, {', '.join(free)} and {MOVED} (where the "
+                "same images are now) can")
+        require(key != MOVED or state.get("data") is not None, key, value, "this run's "
+                "checkpoint, from an earlier vaerun, records no digest of its images to check "
+                "them by; put them back where it was trained on them")
         try:  # an eval key newer than the run (its config lacks it) may be given too
             newer = key in {f"eval.{f.name}" for f in dataclasses.fields(config.EvalConfig)}
             with open_dict(cfg) if newer else contextlib.nullcontext():
