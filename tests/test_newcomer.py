@@ -94,6 +94,11 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
     (["likelihood=gaussian", "+likelihood.sigmaa=0.2"], "likelihood.sigmaa is not a key of "
      "likelihood=gaussian (did you mean sigma?); its keys: name, sigma", "None"),
     (["+eval.iwae=5"], "eval.iwae is not a key of eval (did you mean iwae_k?)", "EvalConfig"),
+    # a keyword of the optimizer that its yaml leaves out: "(did you mean optimizer.lr?)"
+    (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer.nesterov is a parameter of SGD "
+     "that its yaml leaves at torch's default: add it, +optimizer.nesterov=true", "lr"),
+    # a key of no optimizer was compared whole, so the shared "optimizer." prefix matched lr
+    (["optimizer.params=1"], "optimizer.params is not a key of this config;", "did you mean"),
     # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
     (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
      "dataset=images"),

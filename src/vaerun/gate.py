@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import difflib
 import hashlib
+import inspect
 import itertools
 import os
 import re
@@ -299,16 +300,29 @@ def diagnose(name: str, job: list[str], loader: Any, e: BaseException) -> tuple:
                                    f"{value if value in opts else '...'}?); {close[0]} options: "
                                    f"{', '.join(opts)}")
     with contextlib.suppress(Exception):
-        keys = list(keys_of([o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups]))
+        got = keys_of([o for o, p in zip(job, parsed, strict=True) if p.key_or_group in groups])
+        keys = list(got)
         for p in parsed:
             key, group = p.key_or_group, p.key_or_group.split(".")[0]
             if p.is_delete() or p.is_add() or p.is_force_add() or key in groups or \
                     key.startswith("hydra.") or any(k == key or k.startswith(key + ".") for k in keys):
                 continue
+            parent, _, leaf = key.rpartition(".")
+            if parent == "optimizer" and leaf != "params":  # a keyword its yaml leaves out
+                from vaerun.optim import optimizer_class
+
+                cls = optimizer_class({"_target_": got.get("optimizer._target_")})
+                if leaf in inspect.signature(cls).parameters:
+                    return key, None, "", (f"{key} is a parameter of {cls.__name__} that its yaml "
+                                           f"leaves at torch's default: add it, +{p.input_line}")
             opts = [o for o in (options(group) if group in groups else [])
                     if key in keys_of([f"{group}={o}"])]
+            near = [k for k in keys if k.rpartition(".")[0] == parent]  # its siblings' names
+            close = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in near], 1, 0.6)
             hint = (f"; pick a {group} option that has it ({', '.join(opts)}), e.g. vaerun train "
-                    f"{group}={opts[0]} {key}=..." if opts else did_you_mean(key, keys))
+                    f"{group}={opts[0]} {key}=..." if opts else f" (did you mean "
+                    f"{parent + '.' if parent else ''}{close[0]}?)" if close else ""
+                    if near else did_you_mean(key, keys))
             return key, None, "", (f"{key} is not a key of this config{hint}; `vaerun train "
                                    "--cfg job` lists the keys")
     return "config", None, "", one_line(e)
