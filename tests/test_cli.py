@@ -134,6 +134,9 @@ BAD = {
     "hydra.run.dir=runs/a=b,c=d": "hydra.run.dir=runs/a=b,c=d: mismatched input",
     "-m likelihood.sigma=0.1,0.3 hydra.sweep.dir=runs/σ=1": "hydra.sweep.dir=runs/σ=1: ",
     "trainer.resume=true": "continues the run in the folder you give (hydra.run.dir=RUN)",
+    "-m likelihood=glob(gauss*)": "list the options to sweep",  # was a traceback
+    # Hydra's order differed from the gate's: jobs ran in folders the gate had not checked
+    "-m likelihood=gaussian likelihood.sigma=shuffle(0.1,1)": "shuffle runs a sweep's jobs in",
     "-m trainer.seed=1,2 trainer.resume=true": "continues the sweep in the folder you give "
                                                "(hydra.sweep.dir=outputs/multirun/NAME)",
 }

@@ -164,6 +164,7 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
     """Each override read with Hydra's parser and, if the user's, allowed; one line for the
     first that is not."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
     from hydra.errors import HydraException
 
     parser, out = OverridesParser.create(), []
@@ -190,6 +191,12 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
             raise UserError(f"{o} holds several values, a sweep: vaerun train -m runs one, "
                             "listing the values (key=1,2,3)" if not multirun else
                             f"{o}: a range or interval sweep needs a sweeper; list the values")
+        if isinstance(p.value(), Glob):  # (Hydra's needs its config loader, which the gate's lacks)
+            raise UserError(f"{o}: list the options to sweep, e.g. {key}=gaussian,laplace "
+                            "(vaerun train --help lists each group's)")
+        if getattr(p.value(), "shuffle", False):
+            raise UserError(f"{o}: shuffle runs a sweep's jobs in a random order, and a sweep "
+                            "resumes in the order it began with; list the values in one order")
         out.append(p)
     return out
 
