@@ -313,6 +313,22 @@ def test_a_folder_without_usable_images_is_one_line(tmp_path, env, case):
     assert not (tmp_path / "run").exists()
 
 
+def test_every_broken_file_is_named_at_once(tmp_path, monkeypatch):
+    """Only the first broken file was named, so a folder of seven took seven runs to mend: all
+    are named at once, train and test split alike."""
+    from vaerun.errors import DataError
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = make_folder(tmp_path / "photos", n=30)
+    for i in range(0, 21, 3):
+        (photos / f"img{i}.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError) as e:
+        Images(Images.Config(root=str(photos), size=8, channels=3))
+    assert str(e.value).startswith(f"7 files under {photos} are no readable image: ")
+    assert str(e.value).endswith(" and 2 more (the lines above name each); remove or replace them")
+
+
 def test_a_stop_while_decoding_stops_it_and_caches_nothing(tmp_path, monkeypatch):
     """The first decoding of a large folder takes minutes (CelebA: 200,000 JPEGs), and a stop
     request waited for all of it, then for the cache to be written: decoding polls the stop

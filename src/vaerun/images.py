@@ -140,10 +140,21 @@ class Images(Dataset):
                             f"{len(test)} test images; it needs 1 and 2 at least: add images")
         train, test = train[: self.cfg.n_train], test[: self.cfg.n_test]
         out = [self.decoded(files, split) for files, split in ((train, "train"), (test, "test"))]
+        if len(bad := [e for o in out if isinstance(o, list) for e in o]) == 1:
+            raise bad[0]
+        if bad:
+            for e in bad:
+                log.error("dataset: %s", e)
+            names = [str(e).partition(" is no readable")[0] for e in bad]
+            raise DataError(f"{len(bad)} files under {self.cfg.root} are no readable image: "
+                            f"{', '.join(names[:5])}" + (f" and {len(bad) - 5} more (the lines "
+                                                        "above name each)" if len(bad) > 5 else "")
+                            + "; remove or replace them")
         return out[0], out[1]
 
-    def decoded(self, files: list[Path], split: str) -> np.ndarray:
-        """[N, C, size, size] uint8 images of `files`, from the cache where it has them."""
+    def decoded(self, files: list[Path], split: str) -> np.ndarray | list[DataError]:
+        """[N, C, size, size] uint8 images of `files`, from the cache where it has them; or
+        for each file that is no readable image, its error."""
         c, poll = self.cfg, POLL.get()
         h = hashlib.sha256(repr((CACHE_VERSION, c.size, c.crop, c.channels)).encode())
         for p in files:
@@ -167,8 +178,11 @@ class Images(Dataset):
         log.info("dataset: decoding %d %s images of %s, once (they are cached)", len(files), split,
                  c.root)
 
-        def one(p: Path) -> np.ndarray:
-            out = self.decode(p)
+        def one(p: Path) -> np.ndarray | DataError:
+            try:
+                out = self.decode(p)
+            except DataError as e:  # each broken file is named, not only the first
+                out = e
             done[0] += 1
             if done[0] % 2000 == 0:
                 log.info("dataset: decoding %s: %d of %d images (%.0f s)", c.root, done[0],
@@ -182,6 +196,8 @@ class Images(Dataset):
                 got.append(image)
         finally:
             pool.shutdown(cancel_futures=True)
+        if bad := [e for e in got if isinstance(e, DataError)]:
+            return bad  # (the other split's, too, are named before the run stops)
         images = np.stack(got)
         cache_dir().mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
