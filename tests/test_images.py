@@ -483,3 +483,24 @@ def test_images_moved_are_named_anew_at_evaluation_load_and_resume(tmp_path, mon
     torch.save(state, run / "checkpoints" / "last.pt")
     with pytest.raises(vaerun.ConfigError, match="records no digest of its images"):
         vaerun.load(run, ["dataset.root=other"])
+
+
+@pytest.mark.parametrize("root", ["${hydra:runtime.cwd}/photos", "${nope}", "photos"])
+def test_a_root_in_a_yaml_of_yours_is_checked_before_it_is_made_absolute(tmp_path, monkeypatch,
+                                                                          root):
+    """Reading a yaml's root to make it absolute resolved it first: a resolver or a missing
+    key was a traceback, not the line that names the key."""
+    import vaerun
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "p.yaml").write_text(
+        f"# @package _global_\ndefaults:\n  - override /dataset: images\ndataset:\n  root: "
+        f"{root}\n")
+    (tmp_path / "photos").mkdir()
+    args = ["-cd", "mine", "experiment=p"]
+    if root == "photos":
+        assert vaerun.compose(args).dataset.root == str(tmp_path / "photos")
+        return
+    with pytest.raises(vaerun.ConfigError, match=r"^dataset\.root=.*(resolver hydra:|'nope')"):
+        vaerun.compose(args)

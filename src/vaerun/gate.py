@@ -221,20 +221,21 @@ def absolute(p: Any, multirun: bool) -> Any:
                                           multirun, False)[0]
 
 
-def pinned(composed: list[DictConfig], given: set[str], multirun: bool) -> list[str]:
+def pinned(jobs: list[DictConfig], given: set[str], multirun: bool) -> list[str]:
     """A relative folder or file that a yaml of yours gives for a key of PATHS, the same in
-    every job: made absolute in each composed job, and its override for Hydra's (not in the
-    folders' names), so the records name what the run read, as for one given on the command
-    line. (One that differs between the jobs of a sweep is left as it is.)"""
+    every job: made absolute in each job (`check_job`'s: no resolver), and its override for
+    Hydra's (not in the folders' names), so the records name what the run read, as for one
+    given on the command line. (One that differs between the jobs of a sweep is left.)"""
     pins = []
-    for key in PATHS:
-        values = {repr(OmegaConf.select(c, key, default=None)) for c in composed}
-        value = OmegaConf.select(composed[0], key, default=None)
+    for key in PATHS:  # (an interpolation that fails is named as the job is typed)
+        values = {repr(OmegaConf.select(c, key, default=None, throw_on_resolution_failure=False))
+                  for c in jobs}
+        value = OmegaConf.select(jobs[0], key, default=None, throw_on_resolution_failure=False)
         if key in given or len(values) > 1 or not isinstance(value, str) or not value or \
                 value.startswith(("/", "~")):
             continue
         p = absolute(parse([f"{key}={hydra_quoted(value)}"], multirun, False)[0], multirun)
-        for c in composed:
+        for c in jobs:
             OmegaConf.update(c, key, p.value())
         pins.append(p.input_line)
     return pins
@@ -413,11 +414,11 @@ def plan(args: list[str], named: str | None = None, poll: Any = lambda: None) ->
             composed.append(compose(flags.get("--config-name", CONFIG_NAME), [*searched, *job],
                                     loader))
     hydra_base = flat(OmegaConf.to_container(base.hydra, resolve=False), "hydra") if yours else {}
-    pins = pinned(composed, {p.key_or_group for p in parsed}, multirun)
+    jobs = [check_job(c, hydra_base if yours else None) for c in composed]
+    pins = pinned(jobs, {p.key_or_group for p in parsed}, multirun)
     keys += [p.split("=", 1)[0] for p in pins]  # pinned, not in the folders' names
     own[-1:] = [*pins, f"{EXCLUDE}=[{','.join(hydra_quoted(k) for k in dict.fromkeys(keys))}]"]
-    out = Plan(flags, [*words, *own], [checked(check_job(c, hydra_base if yours else None))
-                                       for c in composed])
+    out = Plan(flags, [*words, *own], [checked(job) for job in jobs])
     return out if out.shows else place(out, composed, named)
 
 
