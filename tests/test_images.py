@@ -397,27 +397,28 @@ def test_a_stop_while_listing_a_large_folder_stops_it(tmp_path, monkeypatch, cap
     assert "decoding" not in caplog.text
 
 
-def test_a_relative_root_is_recorded_whole_so_the_run_is_used_from_anywhere(tmp_path, env):
+def test_a_relative_root_is_recorded_whole_so_the_run_is_used_from_anywhere(tmp_path, vaerun,
+                                                                             monkeypatch):
     """`dataset.root=photos` (README's line) was recorded as given, relative: `vaerun eval`, a
     resume or `vaerun.load` from another folder (a notebook's) read `photos` there, and failed
     ("not a directory"). The run's records name the folder it read; a run recorded so by an
-    earlier vaerun still resumes from where it was trained."""
+    earlier vaerun still resumes from where it was trained. (The commands run in this process.)"""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_folder(tmp_path / "photos", n=20)
     (tmp_path / "notebooks").mkdir()
     args = ["dataset=images", "dataset.root=photos", "dataset.size=16", *QUICK]
     for run in ("a", "old"):
-        assert run_process(["train", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
-                           env=env).returncode == 0
+        assert vaerun("train", *args, f"hydra.run.dir={run}") == 0
     a = tmp_path / "a"
     assert f"dataset.root={tmp_path / 'photos'}\n" in (a / ".hydra" / "overrides.yaml").read_text()
     assert torch.load(a / "checkpoints" / "last.pt")["config"]["dataset"]["root"] == str(
         tmp_path / "photos")
-    elsewhere = tmp_path / "notebooks"
+    monkeypatch.chdir(tmp_path / "notebooks")
     for command in (["eval", "run_dir=../a", "eval.iwae_k=2"],
                     ["train", "trainer.resume=true", "trainer.epochs=2", "hydra.run.dir=../a"]):
-        proc = run_process(command, cwd=elsewhere, env=env)
-        assert proc.returncode == 0, proc.stderr
+        assert vaerun(*command) == 0
     assert metrics(a)["epoch"] == 2
+    monkeypatch.chdir(tmp_path)
     old = tmp_path / "old"  # as vaerun 0.2.0 recorded it
     state = torch.load(old / "checkpoints" / "last.pt")
     state["config"]["dataset"]["root"] = "photos"
@@ -426,9 +427,8 @@ def test_a_relative_root_is_recorded_whole_so_the_run_is_used_from_anywhere(tmp_
         record = old / ".hydra" / name
         record.write_text(record.read_text().replace(str(tmp_path / "photos"), "photos"))
     assert "root: photos" in (old / ".hydra" / "config.yaml").read_text()
-    proc = run_process(["train", "trainer.resume=true", "trainer.epochs=2", "hydra.run.dir=old"],
-                       cwd=tmp_path, env=env)
-    assert proc.returncode == 0 and metrics(old)["epoch"] == 2, proc.stderr
+    assert vaerun("train", "trainer.resume=true", "trainer.epochs=2", "hydra.run.dir=old") == 0
+    assert metrics(old)["epoch"] == 2
 
 
 def test_a_relative_root_in_a_yaml_of_yours_is_recorded_whole(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ def test_progress_lines_reach_a_log_that_is_no_terminal(tmp_path):
     assert max(gaps) < 4, gaps  # 0.5 s asked for; an epoch's end and the evaluation in between
 
 
+@pytest.mark.slow  # (CI time) test_third_hour pastes the hints of a run and a sweep job
 def test_the_resume_hint_resumes_as_pasted(tmp_path):
     run = tmp_path / "a run"  # a space: the hint must quote it
     args = ["train", *SMALL, "dataset.n_train=8000", "trainer.epochs=2", "likelihood=gaussian",

@@ -51,7 +51,7 @@ def test_the_hint_of_a_run_vaerun_named_resumes_as_pasted(tmp_path):
 
 
 def test_the_hint_of_a_sweep_job_resumes_it_as_pasted(tmp_path):
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / "my sweep"  # a space: the hint must quote it
     hint = interrupted(["train", "-m", *QUICK, "dataset.n_train=4000", "trainer.epochs=2",
                         "likelihood=gaussian", "likelihood.sigma=0.1,0.3",
                         f"hydra.sweep.dir={sweep}"], tmp_path, r"1_likelihood\.sigma=0\.3")
