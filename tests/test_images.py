@@ -313,6 +313,22 @@ def test_a_folder_without_usable_images_is_one_line(tmp_path, env, case):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_cache_that_cannot_be_written_costs_time_not_the_run(tmp_path, monkeypatch, caplog):
+    """A home that is read-only or full (a container's, a cluster's quota) failed the run as
+    its images were decoded: "could not write ~/.cache/vaerun/images". They are used uncached."""
+    import logging
+
+    from vaerun.images import Images
+
+    (tmp_path / "a file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))
+    photos = make_folder(tmp_path / "photos", n=10)
+    with caplog.at_level(logging.WARNING, logger="vaerun"):
+        data = Images(Images.Config(root=str(photos), size=8, channels=3))
+    assert data.train.shape[0] + data.test.shape[0] == 10
+    assert caplog.text.count(f"not cached (could not write {tmp_path / 'a file'}") == 2
+
+
 def test_every_broken_file_is_named_at_once(tmp_path, monkeypatch):
     """Only the first broken file was named, so a folder of seven took seven runs to mend: all
     are named at once, train and test split alike."""

@@ -38,7 +38,7 @@ import torch
 from vaerun.config import require, require_at_least
 from vaerun.data import POLL, DataConfig, Dataset
 from vaerun.errors import ConfigError, DataError
-from vaerun.rundir import write_atomic
+from vaerun.rundir import write_atomic, write_error
 
 log = logging.getLogger("vaerun")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -199,10 +199,17 @@ class Images(Dataset):
         if bad := [e for e in got if isinstance(e, DataError)]:
             return bad  # (the other split's, too, are named before the run stops)
         images = np.stack(got)
-        cache_dir().mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, images, allow_pickle=False)
-        write_atomic(path, buf.getvalue())
+        try:  # a cache that cannot be written (a read-only or full home) costs time, not the run
+            cache_dir().mkdir(parents=True, exist_ok=True)
+            write_atomic(path, buf.getvalue())
+        except OSError as e:
+            log.warning("dataset: decoded %d %s images of %s in %.1f s, not cached (%s: they are "
+                        "decoded again next time; XDG_CACHE_HOME=DIR names a writable cache)",
+                        len(files), split, c.root, time.perf_counter() - started,
+                        write_error(e, "").rstrip("; "))
+            return images
         log.info("dataset: decoded %d %s images of %s in %.1f s, cached in %s", len(files), split,
                  c.root, time.perf_counter() - started, path)
         return images
