@@ -435,7 +435,7 @@ def test_a_relative_root_is_recorded_whole_so_the_run_is_used_from_anywhere(tmp_
         assert vaerun(*command) == 0
     assert metrics(a)["epoch"] == 2
     monkeypatch.chdir(tmp_path)
-    old = tmp_path / "old"  # as vaerun 0.2.0 recorded it
+    old = tmp_path / "old"  # as an earlier vaerun recorded it
     state = torch.load(old / "checkpoints" / "last.pt")
     state["config"]["dataset"]["root"] = "photos"
     torch.save(state, old / "checkpoints" / "last.pt")

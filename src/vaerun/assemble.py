@@ -240,7 +240,7 @@ def config_changes(saved: dict, current: dict, digest: str | None = None) -> lis
     a, b = ({**config.defaults(c), **config.flat(c)} for c in (saved, current))  # a key newer
     free = set(config.free_keys(resume=True)) | ({MOVED} if digest else set())  # than the run:
     #                                                                             its default
-    for c in (a, b):  # a run of vaerun <= 0.2.0 recorded a relative path as given
+    for c in (a, b):  # an earlier vaerun recorded a relative path as given
         c.update({k: os.path.abspath(os.path.expanduser(c[k])) for k in config.PATHS
                   if isinstance(c.get(k), str) and c[k]})
     a.setdefault("scheduler.name", "none")  # runs saved before schedules existed
