@@ -403,7 +403,8 @@ def test_a_sweep_extended_out_of_order_or_with_a_value_twice_is_refused(vaerun, 
     capsys.readouterr()
     again = f"{sweep}/0_likelihood.sigma=0.1 already holds a run; add trainer.resume=true to " \
         "continue it, or choose another hydra.sweep.dir"
-    other = "(differs in model.hidden); resume with its overrides or use another hydra.sweep.dir"
+    other = "is from another config (model.hidden: 400 in it, 32 now); resume with the values " \
+        "it was trained with"
     for values, said, resume in (
             ("0.1,0.3,1", "job 2 (likelihood.sigma=1) of this sweep is job 1 of the sweep in", 1),
             ("0.1,1,1.0", "jobs 1 and 2 of the sweep are the same run (likelihood.sigma=1 and "

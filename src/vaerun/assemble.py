@@ -261,8 +261,13 @@ def resume_state(cfg: RunConfig, rd: RunDir, key: str = "hydra.run.dir") -> dict
                       f"choose another {key}")
     state = rd.load_checkpoint()
     if changed := config_changes(state["config"], cfg.plain, state.get("data")):
-        raise Refused(f"the checkpoint in {rd} is from another config (differs in "
-                      f"{', '.join(changed)}); resume with its overrides or use another {key}")
+        was, now = config.flat(state["config"]), config.flat(cfg.plain)
+        say = lambda d, k: repr(d[k]) if k in d else "absent"  # noqa: E731
+        diff = "; ".join(f"{k}: {say(was, k)} in it, {say(now, k)} now" for k in changed[:3]) + (
+            "; ..." if len(changed) > 3 else "")
+        raise Refused(f"the checkpoint in {rd} is from another config ({diff}); resume with the "
+                      "values it was trained with (or the yaml of yours it was composed with, as "
+                      f"it was then), or use another {key}")
     epoch, t = state["epoch"] + (1 if state["batch"] > 0 else 0), cfg.trainer
     before = config.flat(state["config"]).get("trainer.epochs")
     if before != t.epochs and optim.Scheduler.lookup(cfg.scheduler.name).over_epochs:
