@@ -448,3 +448,14 @@ def test_logistic_density_integrates_to_one_and_is_a_density_on_dequantised_pixe
     torch.testing.assert_close(mass, torch.ones_like(mass), atol=2e-4, rtol=0)
     assert lik.bits_per_dim(0.0, "continuous")[0] == pytest.approx(8.0)
     assert lik.bits_per_dim(0.0, "8bit")[0] is None
+
+
+def test_a_sigma_past_float32_is_named_when_the_loss_goes_non_finite():
+    """likelihood.sigma=1e-20 made the loss non-finite, and the line said "try a smaller
+    optimizer.lr": a squared error of 1 on each of 784 pixels is then 3.9e42 nats."""
+    from vaerun.likelihoods import Gaussian
+
+    hint = Gaussian(Gaussian.Config(sigma=1e-20), 784).nonfinite_hint()
+    assert hint == ("likelihood.sigma=1e-20 prices a squared error of 1 on each pixel at 3.9e+42 "
+                    "nats (float32 ends at 3.4e38): give a larger likelihood.sigma")
+    assert Gaussian(Gaussian.Config(sigma=1e-3), 784).nonfinite_hint() is None

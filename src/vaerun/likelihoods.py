@@ -244,6 +244,14 @@ class Gaussian(Likelihood):
     def isotropic_sigma(self) -> tuple[float, bool] | None:
         return math.sqrt(self.variance()), False
 
+    def nonfinite_hint(self) -> str | None:
+        per_pixel = 1 / (2 * self.variance())  # nats for a squared error of 1 on one pixel
+        if per_pixel * self.dim > 1e30:  # float32 ends at 3.4e38
+            return (f"likelihood.sigma={self.cfg.sigma:g} prices a squared error of 1 on each "
+                    f"pixel at {per_pixel * self.dim:.2g} nats (float32 ends at 3.4e38): give "
+                    "a larger likelihood.sigma")
+        return None
+
     def variance(self) -> float:
         """σ² = likelihood.sigma²."""
         return self.cfg.sigma**2
