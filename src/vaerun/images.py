@@ -199,19 +199,17 @@ class Images(Dataset):
         if bad := [e for e in got if isinstance(e, DataError)]:
             return bad  # (the other split's, too, are named before the run stops)
         images = np.stack(got)
-        buf = io.BytesIO()
-        np.save(buf, images, allow_pickle=False)
+        said = f"dataset: decoded {len(files)} {split} images of {c.root} in " \
+               f"{time.perf_counter() - started:.1f} s"
         try:  # a cache that cannot be written (a read-only or full home) costs time, not the run
             cache_dir().mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            np.save(buf, images, allow_pickle=False)
             write_atomic(path, buf.getvalue())
+            log.info("%s, cached in %s", said, path)
         except OSError as e:
-            log.warning("dataset: decoded %d %s images of %s in %.1f s, not cached (%s: they are "
-                        "decoded again next time; XDG_CACHE_HOME=DIR names a writable cache)",
-                        len(files), split, c.root, time.perf_counter() - started,
-                        write_error(e, "").rstrip("; "))
-            return images
-        log.info("dataset: decoded %d %s images of %s in %.1f s, cached in %s", len(files), split,
-                 c.root, time.perf_counter() - started, path)
+            log.warning("%s, not cached (%s: they are decoded again next time; XDG_CACHE_HOME=DIR "
+                        "names a writable cache)", said, write_error(e, "").rstrip("; "))
         return images
 
     def decode(self, path: Path) -> np.ndarray:
