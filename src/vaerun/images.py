@@ -140,21 +140,21 @@ class Images(Dataset):
                             f"{len(test)} test images; it needs 1 and 2 at least: add images")
         train, test = train[: self.cfg.n_train], test[: self.cfg.n_test]
         out = [self.decoded(files, split) for files, split in ((train, "train"), (test, "test"))]
-        if len(bad := [e for o in out if isinstance(o, list) for e in o]) == 1:
-            raise bad[0]
+        if len(bad := [pe for o in out if isinstance(o, list) for pe in o]) == 1:
+            raise bad[0][1]
         if bad:
-            for e in bad:
+            for _, e in bad:
                 log.error("dataset: %s", e)
-            names = [str(e).partition(" is no readable")[0] for e in bad]
+            names = [str(p) for p, _ in bad]
             raise DataError(f"{len(bad)} files under {self.cfg.root} are no readable image: "
                             f"{', '.join(names[:5])}" + (f" and {len(bad) - 5} more (the lines "
                                                         "above name each)" if len(bad) > 5 else "")
                             + "; remove or replace them")
         return out[0], out[1]
 
-    def decoded(self, files: list[Path], split: str) -> np.ndarray | list[DataError]:
+    def decoded(self, files: list[Path], split: str) -> np.ndarray | list[tuple[Path, DataError]]:
         """[N, C, size, size] uint8 images of `files`, from the cache where it has them; or
-        for each file that is no readable image, its error."""
+        each file that is no readable image, with its error."""
         c, poll = self.cfg, POLL.get()
         h = hashlib.sha256(repr((CACHE_VERSION, c.size, c.crop, c.channels)).encode())
         for p in files:
@@ -196,7 +196,7 @@ class Images(Dataset):
                 got.append(image)
         finally:
             pool.shutdown(cancel_futures=True)
-        if bad := [e for e in got if isinstance(e, DataError)]:
+        if bad := [(p, e) for p, e in zip(files, got, strict=True) if isinstance(e, DataError)]:
             return bad  # (the other split's, too, are named before the run stops)
         images = np.stack(got)
         said = f"dataset: decoded {len(files)} {split} images of {c.root} in " \
