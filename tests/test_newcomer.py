@@ -100,6 +100,15 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
      "that its yaml leaves at torch's default: add it, +optimizer.nesterov=true", "lr"),
     # a key of no optimizer was compared whole, so the shared "optimizer." prefix matched lr
     (["optimizer.params=1"], "optimizer.params is not a key of this config;", "did you mean"),
+    # torch's own refusals: an IndexError's traceback for betas of one value, and the whole
+    # optimizer named for another's; maximize=true trained up the loss
+    (["+optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not allowed: too few values; Adam's "
+     "default is (0.9, 0.999)", "Index"),
+    (["+optimizer.betas=[0.9,2]"], "optimizer.betas=[0.9, 2] is not allowed: Invalid beta",
+     "optimizer={"),
+    (["+optimizer.foreach=true"], "optimizer.foreach=True is not allowed", "optimizer.fused"),
+    (["+optimizer.maximize=true"], "optimizer.maximize=True is not allowed: vaerun minimises",
+     "Traceback"),
     # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
     (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
      "dataset=images"),

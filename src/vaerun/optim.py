@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,11 +52,17 @@ def optimizer_kwargs(spec: dict) -> dict[str, Any]:
                 f"{', '.join(p for p in params if p not in ('params', 'self'))}")
         require(v is None or isinstance(v, (int, float, str, list, tuple)), f"optimizer.{k}", v,
                 "must be a number, a string or a list of numbers")
+    require(not kwargs.get("maximize"), "optimizer.maximize", kwargs.get("maximize"),
+            "vaerun minimises its loss, the negative ELBO; maximize=true would climb it")
     try:
         cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:
-        msg = str(e).splitlines()[0]
-        key = next((k for k in kwargs if k in msg), None)  # torch names the value it refuses
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:  # IndexError: betas=[0.9]
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = next((k for k in reversed(kwargs) if re.search(rf"\b{k}\b|\b{k[:-1]}\b" if
+                    k.endswith("s") else rf"\b{k}\b", msg) or isinstance(e, IndexError) and
+                    isinstance(kwargs[k], list)), None)  # torch names it (betas: "beta")
+        if isinstance(e, IndexError) and key:
+            msg = f"too few values; {cls.__name__}'s default is {params[key].default}"
         raise ConfigError(f"optimizer.{key}" if key else "optimizer",
                           kwargs[key] if key else kwargs, msg) from None
     return kwargs
