@@ -125,6 +125,14 @@ def test_no_command_is_an_error_with_the_usage(vaerun, capsys):
     assert "usage: vaerun" in err and "error: no command" in err
 
 
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_each_command_answers_help(vaerun, capsys, command):  # was "error: '--help' is not
+    assert vaerun(command, "--help") == 0  # key=value", exit 2
+    out = capsys.readouterr()
+    assert out.out.startswith(f"usage: vaerun {command} ") and not out.err
+    assert ("eval.iwae_k" if command == "eval" else "out=PATH") in out.out
+
+
 def _dark(img: torch.Tensor, rows: slice, cols: slice) -> bool:
     return bool((img[:, rows, cols] < 0.5).any())
 

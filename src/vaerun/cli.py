@@ -30,6 +30,15 @@ Compare runs with: tensorboard --logdir outputs
 """
 COMMANDS = {"train": "", "eval": "run_dir=PATH [eval.iwae_k=K] [trainer.device=cpu]",
             "report": "sweep_dir=PATH [out=PATH]"}
+HELP = {"eval": """
+Evaluates a finished run again, into its metrics.json and TensorBoard events, holding its lock.
+It may set eval.* (iwae_k: importance samples of the IWAE bound; quality_images: images for
+FID, 0 skips it; batch_size; seed), trainer.device, trainer.threads, and dataset.root (where
+the same images are now); nothing that changes what was trained.
+""", "report": """
+Writes report.md, report.csv and figures over every run below sweep_dir: into it (a folder
+vaerun made), or into out=PATH (a new folder, for runs of a folder of yours).
+"""}
 
 
 def error(msg: str, code: int = 2) -> int:
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None, own_process: bool = False) -> int:
         return 0
     if argv[0] not in COMMANDS:
         return error(f"unknown command {argv[0]!r}; choose train, eval or report (vaerun --help)")
+    if argv[0] in HELP and any(a in ("-h", "--help") for a in argv[1:]):
+        print(f"usage: vaerun {argv[0]} {COMMANDS[argv[0]]}{HELP[argv[0]]}", end="")
+        return 0
     from vaerun.errors import Interrupted, UserError
     from vaerun.rundir import write_error
     from vaerun.signals import StopRequests
