@@ -1,4 +1,4 @@
-"""Your own images (#40): a folder of PNGs, JPEGs and WebPs of any sizes and modes, CIFAR-10 and
+"""Your own images (#40): a folder of PNGs, JPEGs, WebPs, TIFFs of any sizes and modes, CIFAR-10 and
 CelebA as torchvision keeps them, in colour; on images the tests make (no colour data set is
 on this machine). The user's folder is left as it was; decoding is cached outside it."""
 
@@ -521,3 +521,39 @@ def test_a_root_in_a_yaml_of_yours_is_checked_before_it_is_made_absolute(tmp_pat
         return
     with pytest.raises(vaerun.ConfigError, match=r"^dataset\.root=.*(resolver hydra:|'nope')"):
         vaerun.compose(args)
+
+
+def test_every_kind_imagefolder_reads_is_read_and_the_rest_is_said(tmp_path, monkeypatch, caplog):
+    """Only PNG, JPEG and WebP were read: a folder of TIFF scans or BMPs was "no image", a GIF
+    among PNGs was left out unsaid, a Mac's `._x.png` or a notebook's `.ipynb_checkpoints/` stopped
+    the run as a broken image, and a float TIFF in [0, 1] became black. Now ImageFolder's kinds
+    are read, what is left out is said, hidden files are skipped, a float TIFF is refused."""
+    import logging
+
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from vaerun.errors import DataError
+    from vaerun.images import SUFFIXES, Images
+
+    assert set(SUFFIXES) == set(IMG_EXTENSIONS)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    scans = tmp_path / "scans"
+    (scans / ".ipynb_checkpoints").mkdir(parents=True)
+    grey = np.full((6, 6), 200, dtype=np.uint8)
+    for name in ["a.bmp", "b.tif", "c.tiff", "d.ppm", "e.pgm", "f.png", "g.gif"]:
+        Image.fromarray(grey).save(scans / name)
+    Image.fromarray(np.full((6, 6), 51400, dtype=np.uint16)).save(scans / "h.tif")  # 16-bit
+    (scans / "._f.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (scans / ".ipynb_checkpoints" / "f-checkpoint.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.INFO, logger="vaerun"):
+        data = Images(Images.Config(root=str(scans), size=4, channels=1))
+    pixels = [x if x.dtype == torch.uint8 else (x * 255).round() for x in (data.train, data.test)]
+    assert len(data.train) + len(data.test) == 7
+    assert {int(v) for x in pixels for v in x.flatten().tolist()} == {200}  # 51400/257 too
+    assert f"1 files under {scans} are not PNG, JPEG, WebP, BMP, TIFF, PPM or PGM images and " \
+           "are left out: g.gif" in caplog.text
+    Image.fromarray(np.full((6, 6), 0.8, dtype=np.float32)).save(scans / "i.tif")
+    with pytest.raises(DataError, match=r"i\.tif has 32-bit float pixels, whose range vaerun "
+                                        "cannot know: save it with 8 or 16 bits"):
+        Images(Images.Config(root=str(scans), size=4, channels=1))

@@ -1,7 +1,9 @@
 """Your own images, CIFAR-10 and CelebA as their users keep them, in colour.
 
-`dataset=images dataset.root=DIR`: every PNG, JPEG or WebP under DIR, flat or in folders, of any
-size and mode (other files are ignored), made `channels` (3: RGB, its alpha dropped; 1: grey),
+`dataset=images dataset.root=DIR`: every image under DIR of the kinds torchvision's ImageFolder
+reads (PNG, JPEG, WebP, BMP, TIFF, PPM, PGM), flat or in folders, of any size and mode (other
+files are left out, and the log names some; hidden ones, a Mac's `._x.jpg` or
+`.ipynb_checkpoints/`, unsaid), made `channels` (3: RGB, its alpha dropped; 1: grey),
 centre-cropped (to `crop`² first if given, else the largest square) and resized to `size`²
 (torchvision's functional transforms, antialiased). A `train/` and a `test/` folder are the
 split where both exist, else a seeded `test_fraction` of the files. An image that cannot be
@@ -41,7 +43,8 @@ from vaerun.errors import ConfigError, DataError
 from vaerun.rundir import write_atomic, write_error
 
 log = logging.getLogger("vaerun")
-SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as
+KINDS = "PNG, JPEG, WebP, BMP, TIFF, PPM or PGM"  # torchvision's ImageFolder (IMG_EXTENSIONS)
 WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of a 16-bit grey PNG
 CACHE_VERSION = 3  # what a cached array is: bump it when decoding changes (2: 16-bit grey,
 #                   3: EXIF orientation)
@@ -52,7 +55,7 @@ def cache_dir() -> Path:
 
 
 class Images(Dataset):
-    """Every PNG, JPEG or WebP under `root` (see the module docstring)."""
+    """Every image under `root` (see the module docstring)."""
 
     name = "images"
     missing_hint = "give the folder of your images (dataset.root=DIR)"
@@ -115,19 +118,24 @@ class Images(Dataset):
         root, poll = Path(self.cfg.root).expanduser(), POLL.get()
 
         def images(folder: Path) -> list[Path]:  # a stop request is polled at every entry: a
-            found = []  # large tree (a root of ~ by mistake) takes minutes to list
+            found, other = [], []  # large tree (a root of ~ by mistake) takes minutes to list
             for p in folder.rglob("*"):
                 poll()
-                if p.suffix.lower() in SUFFIXES and p.is_file():
-                    found.append(p)
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(
+                        folder).parts):  # hidden: a Mac's ._x.jpg, .ipynb_checkpoints/
+                    (found if p.suffix.lower() in SUFFIXES else other).append(p)
+            if other:  # a folder of GIFs, say, is not left out unsaid
+                names = ", ".join(str(p.relative_to(root)) for p in sorted(other)[:3])
+                log.info("dataset: %d files under %s are not %s images and are left out: %s%s",
+                         len(other), folder, KINDS, names, ", ..." if len(other) > 3 else "")
             return sorted(found)
 
         if (root / "train").is_dir() and (root / "test").is_dir():
             return images(root / "train"), images(root / "test")
         files = images(root)
         if len(files) < 3:
-            raise DataError(f"dataset.root={self.cfg.root} holds {len(files) or 'no'} PNG, JPEG or "
-                            "WebP image(s); it needs three at least (a training image and two "
+            raise DataError(f"dataset.root={self.cfg.root} holds {len(files) or 'no'} {KINDS} "
+                            "image(s); it needs three at least (a training image and two "
                             "test images)")
         random.Random(0).shuffle(files)
         n_test = min(max(2, round(len(files) * self.cfg.test_fraction)), len(files) - 1)
@@ -221,10 +229,15 @@ class Images(Dataset):
         try:
             with Image.open(path) as img:
                 img = ImageOps.exif_transpose(img)  # a photo as viewers show it (EXIF Orientation)
+                if img.mode == "F":  # a float TIFF: 0 to 1, or 0 to 4095, ...?
+                    raise DataError(f"{path} has 32-bit float pixels, whose range vaerun cannot "
+                                    "know: save it with 8 or 16 bits")
                 if img.mode in WIDE:  # 16-bit grey: scaled to 8 bits (Pillow's convert clips)
                     img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64).clip(
                         0, 65535) / 257).astype(np.uint8))
                 img = img.convert("RGB" if c.channels == 3 else "L")
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001 (PIL's errors for a broken or foreign file)
             raise DataError(f"{path} is no readable image ({type(e).__name__}: {e}); remove or "
                             "replace it") from None
