@@ -218,3 +218,13 @@ def test_a_path_from_home_is_taken_as_the_shell_passes_it(vaerun, tmp_path, monk
                   "trainer.batch_size=2", "trainer.epochs=1", "eval.iwae_k=0",
                   "hydra.run.dir=~/runs/mine") == 0
     assert json.loads((tmp_path / "runs" / "mine" / "metrics.json").read_text())["epoch"] == 1
+
+
+def test_cfg_shows_one_package_as_hydra_help_says(vaerun, capsys):
+    """`vaerun train --hydra-help` lists --package,-p, and `--cfg job -p likelihood` was
+    refused: "-p is not a flag vaerun passes to Hydra"."""
+    assert vaerun("train", "--cfg", "job", "-p", "likelihood", "likelihood=gaussian") == 0
+    out = capsys.readouterr().out
+    assert "sigma: 0.1" in out and "beta:" not in out
+    assert vaerun("train", "-p", "likelihood") == 2
+    assert capsys.readouterr().err.strip() == "error: --package goes with --cfg"

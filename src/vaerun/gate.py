@@ -36,10 +36,12 @@ from vaerun.rundir import RunDir
 CONFIG_MODULE, CONFIG_NAME = "vaerun.conf", "train"
 FLAGS = {"-m": "multirun", "--multirun": "multirun", "--cfg": ("job", "hydra", "all"),
          "-c": ("job", "hydra", "all"), "--resolve": "resolve", "-cn": (), "--config-name": (),
-         "-cd": (), "--config-dir": (), "-h": "help", "--help": "help", "--hydra-help": "help",
+         "-cd": (), "--config-dir": (), "-p": (), "--package": (), "-h": "help", "--help": "help",
+         "--hydra-help": "help",
          "--info": ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")}
 SHOWS = ("--help", "--cfg", "--info")  # the flags (as read_args names them) that run no job
-NAMES = {"-c": "--cfg", "-cn": "--config-name", "-cd": "--config-dir", "-m": "--multirun"}
+NAMES = {"-c": "--cfg", "-cn": "--config-name", "-cd": "--config-dir", "-m": "--multirun",
+         "-p": "--package"}
 YOURS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.searchpath", "hydra.launcher")
 THREADS = {"hydra.launcher.backend": "threading", "hydra.launcher.prefer": "threads",
            "hydra.launcher.require": "sharedmem"}  # joblib's ways to run jobs as threads
@@ -115,8 +117,8 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
         words += [name] if isinstance(kind, str) else [name, value]
     if len(modes := [f for f in ("--multirun", "--cfg", "--info", "--help") if f in flags]) > 1:
         raise UserError(f"{' and '.join(modes)} together: choose one")
-    if "--resolve" in flags and "--cfg" not in flags:
-        raise UserError("--resolve goes with --cfg")
+    if bad := [f for f in ("--resolve", "--package") if f in flags and "--cfg" not in flags]:
+        raise UserError(f"{bad[0]} goes with --cfg")
     return flags, words, overrides
 
 
