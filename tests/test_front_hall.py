@@ -573,7 +573,7 @@ def test_the_readmes_python_example_runs_as_written(tmp_path):
     assert "| likelihood.sigma |" in (tmp_path / "outputs/python-report/report.md").read_text()
 
 
-def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path):
+def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path, caplog):
     """A stop signal during `vaerun.train` raised Hydra's SystemExit(130), which the API
     promises never to do: it raises vaerun.Interrupted once the checkpoint is written, and the
     same call with trainer.resume=true finishes the run."""
@@ -593,6 +593,10 @@ def test_a_ctrl_c_in_a_training_raises_interrupted_and_the_run_resumes(tmp_path)
         logging.getLogger("vaerun").removeHandler(handler)
     assert stopped.value.exit_code == 130
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    with caplog.at_level(logging.WARNING, logger="vaerun"):  # used as it stands, and said so
+        vaerun.evaluate(tmp_path / "run", ["eval.iwae_k=2", "eval.quality_images=0"])
+    assert f"the run in {tmp_path / 'run'} is interrupted after 1 of its 3 epochs (step " in \
+        caplog.text
     got = vaerun.train([*args, "trainer.resume=true"], run_dir=tmp_path / "run")
     assert (got["status"], got["epoch"]) == ("finished", 3)
 

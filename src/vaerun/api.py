@@ -270,6 +270,7 @@ def evaluate(run_dir: str | os.PathLike, overrides: Sequence[str] = (), stop: An
     with CALLS, (contextlib.nullcontext(stop) if stop else StopRequests(saves="")) as stop, \
             rd.locked("eval"):
         cfg, state = load_config(rd.path, values)
+        unfinished(rd, cfg, state)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
             with polled(stop.check):
                 data, vae = load_run(rd.path, cfg, state)
@@ -303,6 +304,15 @@ def saved_run(run_dir: Any, overrides: Sequence[str], loop: bool = True
     return rd, {p.key_or_group: gate.absolute(p, False).value() for p in gate.parse(given, False)}
 
 
+def unfinished(rd: RunDir, cfg: RunConfig, state: dict[str, Any]) -> None:
+    """A run stopped before its end is used as its checkpoint stands, and the log says so."""
+    if state["status"] != "finished":
+        log.warning("the run in %s is %s after %d of its %d epochs%s (step %d): this is its "
+                    "model as it stands; trainer.resume=true finishes it", rd, state["status"],
+                    state["epoch"], cfg.trainer.epochs, " and part of the next" * bool(
+                        state["batch"]), state["step"])
+
+
 @dataclass
 class Trained:
     """A saved run, loaded: its VAE in eval mode (`vae.posterior(x)` q(z|x), `vae.prior()`
@@ -324,6 +334,7 @@ def load(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Trained:
     rd, values = saved_run(run_dir, overrides, loop=False)
     with CALLS:
         cfg, state = load_config(rd.path, values)
+        unfinished(rd, cfg, state)
         with runtime.applied(runtime.resolve_device(cfg.trainer.device), cfg.trainer.threads):
             data, vae = load_run(rd.path, cfg, state)  # float32, as trained, whatever the default
     return Trained(vae.eval(), data, cfg)
