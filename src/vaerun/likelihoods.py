@@ -152,7 +152,7 @@ class Likelihood(Registered, nn.Module):
         if values == "8bit":
             if self.support == "8bit":
                 return nll / (d * ln2), ""
-            return None, ("grey values k/255 are discrete, so a density's nats are no "
+            return None, ("pixel values k/255 are discrete, so a density's nats are no "
                           "probability of them; set dataset.dequantize=true for bits/dim")
         if self.support == "real":  # x = (k + u)/256: p(k) >= density * (1/256)^D
             return (nll + d * math.log(256)) / (d * ln2), ""
