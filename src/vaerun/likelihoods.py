@@ -146,9 +146,9 @@ class Likelihood(Registered, nn.Module):
             return None, (f"likelihood={self.name} is not a distribution over binary images, "
                           "so its nats are no probability of these data")
         if self.support == "binary":
-            return None, (f"likelihood={self.name} on grey values is not a normalised density "
-                          "on [0, 1]; use dataset=mnist_binary, or a density with "
-                          "dataset.dequantize=true")
+            return None, (f"likelihood={self.name} on pixel values in [0, 1] is not a "
+                          "normalised density of them; for bits/dim, binary images "
+                          "(dataset=mnist_binary) or a density with dataset.dequantize=true")
         if values == "8bit":
             if self.support == "8bit":
                 return nll / (d * ln2), ""
