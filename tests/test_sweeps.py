@@ -443,6 +443,25 @@ def test_a_report_says_when_runs_of_one_seed_are_counted_as_seeds(vaerun, tmp_pa
         "is not a spread over seeds, in all runs (seed 0 2 times)." in text
 
 
+def test_a_report_into_the_folder_of_an_earlier_one_leaves_none_of_its_figures(vaerun, tmp_path):
+    """A report of Bernoulli runs into the `out` of an earlier report of Gaussian runs left its
+    kl_per_dim.png (pPCA's) beside report.md, as if it were of these runs."""
+    out, each = tmp_path / "report", [*TINY, "eval.iwae_k=0", "eval.quality_images=0"]
+    for name, likelihood in (("g", "gaussian"), ("b", "bernoulli")):
+        assert vaerun("train", *each, f"likelihood={likelihood}",
+                      f"hydra.run.dir={tmp_path / name / 'run'}") == 0
+    assert vaerun("report", f"sweep_dir={tmp_path / 'g'}", f"out={out}") == 0
+    assert (out / "kl_per_dim.png").exists()
+    assert vaerun("report", f"sweep_dir={tmp_path / 'b'}", f"out={out}") == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["curves.png", "rate_distortion.png",
+                                                         "samples.png", "sweep.png"]
+    import inspect
+
+    from vaerun import reporting  # every figure it draws is one it knows to clear
+    assert set(re.findall(r'"(\w+\.png)"', inspect.getsource(reporting.figures))) == set(
+        reporting.FIGURES)
+
+
 def test_a_report_says_when_runs_measured_a_metric_with_other_settings(vaerun, tmp_path):
     """`vaerun eval eval.iwae_k=...` on one run of a sweep made the report average its tighter
     bound with the others' (388.9 ± 11 for k = 5 and 200) without a word; likewise the FIDs

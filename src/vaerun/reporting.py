@@ -175,6 +175,10 @@ def markdown_text(sweep_dir: Path, groups: list[Group], keys: list[str], metrics
     return "\n".join(lines) + "\n"
 
 
+FIGURES = ("rate_distortion.png", "sweep.png", "curves.png", "samples.png", "bits_per_dim.png",
+           "kl_per_dim.png", "quality.png")  # each a report may draw
+
+
 def figures(groups: list[Group], keys: list[str], poll: Any = lambda: None) -> dict[str, bytes]:
     """The report's figures. Their labels are the runs' recorded values, drawn as plain text:
     matplotlib would read two `$` in one as TeX (a value `$a$_^` failed the whole report), so
@@ -232,4 +236,6 @@ def report(rd: RunDir, out: RunDir | None = None, poll: Any = lambda: None) -> l
     poll()
     if out is not None:
         out.mark("report")
+    for name in set(FIGURES) - set(files):  # an earlier report's, which this one has not drawn
+        (out or rd).file(name).unlink(missing_ok=True)
     return [(out or rd).write(name, data) for name, data in files.items()]  # all made: written
