@@ -109,6 +109,9 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
     (["+optimizer.foreach=true"], "optimizer.foreach=True is not allowed", "optimizer.fused"),
     (["+optimizer.maximize=true"], "optimizer.maximize=True is not allowed: vaerun minimises",
      "Traceback"),
+    # FID of one image failed the run after it had trained: "RuntimeError: More than one sample"
+    (["eval.quality_images=1"], "eval.quality_images=1 is not allowed: must be 0 (no sample "
+     "quality) or at least 2", "RuntimeError"),
     # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
     (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
      "dataset=images"),

@@ -224,6 +224,8 @@ class EvalConfig:  # every key may change at evaluation and on resume
                     "path of Inception v3 weights (torch-fidelity's pt_inception-2015-12-05)")
         require_at_least(f"{key}.iwae_k", self.iwae_k, 0)
         require_at_least(f"{key}.quality_images", self.quality_images, 0)
+        require(self.quality_images != 1, f"{key}.quality_images", 1, "must be 0 (no sample "
+                "quality) or at least 2: a Fréchet distance compares two covariances")
         require_at_least(f"{key}.batch_size", self.batch_size, 1)
         require_seed(f"{key}.seed", self.seed)
 
