@@ -171,7 +171,7 @@ def test_bits_per_dim_present_only_where_it_means_something(vaerun, tmp_path):
     assert vaerun("train", "dataset=mnist", "likelihood=bernoulli", *SMALL,
                   f"hydra.run.dir={grey}") == 0
     assert "test/bits_per_dim" not in json.loads((grey / "metrics.json").read_text())
-    assert "no test/bits_per_dim: likelihood=bernoulli on grey values" in (
+    assert "no test/bits_per_dim: likelihood=bernoulli on pixel values in [0, 1]" in (
         grey / "train.log").read_text()
 
 

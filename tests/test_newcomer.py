@@ -167,6 +167,22 @@ def test_the_pictures_say_what_they_are():
         assert _dark(img, slice(0, 14), slice(0, img.shape[2]))  # written in it
 
 
+def test_small_images_are_drawn_large_enough_for_their_labels():
+    """Images of 4×4 pixels were drawn 4 pixels to a row, under labels 11 pixels tall that ran
+    into each other: each pixel is drawn as a square, 7×7 here, and each cell is as tall as
+    MNIST's (28 + 2); the picture's pixels are the images' own."""
+    torch.manual_seed(0)
+    lik = Likelihood.lookup("bernoulli")(Likelihood.lookup("bernoulli").Config(), 48)
+    vae = VAE(MLP.Config(hidden=16, latent_dim=4), lik, (3, 4, 4)).eval()
+    x = torch.rand(8, 48)
+    img = reconstructions(vae, x)
+    assert img.shape[1] >= 2 + 3 * 30 + 16 and img.shape[2] >= 2 + 8 * 30
+    top, left = img.shape[1] - (2 + 3 * 30) - 2, img.shape[2] - (2 + 8 * 30)
+    first = img[:, top + 2: top + 30, left + 2: left + 30]  # the first test image, 7x larger
+    want = x[0].reshape(3, 4, 4).repeat_interleave(7, 1).repeat_interleave(7, 2)
+    assert torch.allclose(first, want, atol=1 / 255)
+
+
 def test_the_model_keys_the_readme_lists_are_taken_and_old_runs_still_resume(vaerun, tmp_path):
     """The README's model row lists `activation`, `init` and `bias_from_data`, but
     `model.activation=tanh` was "not a key of this config (did you mean model.link?)": only an

@@ -35,8 +35,16 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float 
     return grid
 
 
+def _zoom(vae: VAE) -> int:
+    """Images smaller than MNIST's 28 pixels are drawn this many times larger (each pixel a
+    square of them), so that the labels beside their rows fit them."""
+    return math.ceil(28 / vae.image_shape[-2])
+
+
 def _images(vae: VAE, x: Tensor) -> Tensor:
-    return x.reshape(-1, *vae.image_shape).clamp(0, 1)
+    k = _zoom(vae)
+    return x.reshape(-1, *vae.image_shape).clamp(0, 1).repeat_interleave(k, -2).repeat_interleave(
+        k, -1)
 
 
 PAD = 2  # make_grid's padding between and around the images
@@ -70,7 +78,7 @@ def labelled(grid: Tensor, cell: int, title: str = "", rows: list[str] | tuple =
 
 
 def _cell(vae: VAE) -> int:
-    return vae.image_shape[-2] + PAD
+    return vae.image_shape[-2] * _zoom(vae) + PAD
 
 
 def draw(vae: VAE, out: Tensor) -> Tensor:
