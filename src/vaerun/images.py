@@ -126,8 +126,9 @@ class Images(Dataset):
                     (found if p.suffix.lower() in SUFFIXES else other).append(p)
             if other:  # a folder of GIFs, say, is not left out unsaid
                 names = ", ".join(str(p.relative_to(root)) for p in sorted(other)[:3])
-                log.info("dataset: %d files under %s are not %s images and are left out: %s%s",
-                         len(other), folder, KINDS, names, ", ..." if len(other) > 3 else "")
+                log.info("dataset: left out under %s, as no %s image: %d file%s, %s%s", folder,
+                         KINDS, len(other), "s" * (len(other) > 1), names,
+                         ", ..." if len(other) > 3 else "")
             return sorted(found)
 
         if (root / "train").is_dir() and (root / "test").is_dir():
