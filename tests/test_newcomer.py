@@ -112,6 +112,11 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
     # FID of one image failed the run after it had trained: "RuntimeError: More than one sample"
     (["eval.quality_images=1"], "eval.quality_images=1 is not allowed: must be 0 (no sample "
      "quality) or at least 2", "RuntimeError"),
+    # a part deleted with Hydra's ~ was OmegaConf's traceback, "Missing key likelihood"
+    (["~likelihood"], "likelihood=None is not allowed: vaerun's config needs it: choose an "
+     "option, likelihood=... (vaerun train --help lists them), rather than delete it", "Missing"),
+    (["~trainer"], "trainer=None is not allowed: vaerun's config needs it: set its keys, "
+     "trainer.KEY=VALUE, rather than delete it (~trainer)", "merge"),
     # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
     (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
      "dataset=images"),
