@@ -117,6 +117,9 @@ def test_a_resume_needs_only_the_run_directory(vaerun, tmp_path):
      "option, likelihood=... (vaerun train --help lists them), rather than delete it", "Missing"),
     (["~trainer"], "trainer=None is not allowed: vaerun's config needs it: set its keys, "
      "trainer.KEY=VALUE, rather than delete it (~trainer)", "merge"),
+    # an interpolation of a key the config lacks: OmegaConf's traceback
+    (["beta=${nope}"], "error: beta='${nope}' is not allowed: Interpolation key 'nope' not "
+     "found", "full_key"),
     # a data set without its folder named CIFAR-10's folder, not "your images: dataset=images"
     (["dataset=cifar10"], "give the folder that holds torchvision's cifar-10-batches-py/",
      "dataset=images"),

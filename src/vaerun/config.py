@@ -303,14 +303,16 @@ class RunConfig:  # the whole run, typed and checked: what training and evaluati
 def typed(cfg: DictConfig) -> RunConfig:
     """Validate a composed config (no `hydra` node needed) and return its typed form.
     The part modules must be imported first (they fill the registries)."""
-    for k, v in cfg.items():
+    raw = OmegaConf.to_container(cfg, resolve=False)  # (resolved below)
+    for k, v in raw.items():
         require(k in TOP_KEYS or k == "hydra", str(k), v, "not a key of vaerun's config, which "
                 f"has {', '.join(TOP_KEYS)}{did_you_mean(str(k), TOP_KEYS)}")
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(str(getattr(e, "full_key", "") or "config"), None,
-                          str(getattr(e, "msg", e)).splitlines()[0]) from None
+        key = str(getattr(e, "full_key", "") or "config")
+        raise ConfigError(key, flat(raw).get(key), str(getattr(e, "msg", e)).splitlines()[0]
+                          ) from None
     plain.pop("hydra", None)
     plain.setdefault("scheduler", {"name": "none"})  # runs saved before schedules existed
     for k in ("likelihood", "dataset", "model", "trainer", "eval"):  # deleted (~k): needed
