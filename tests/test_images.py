@@ -557,3 +557,25 @@ def test_every_kind_imagefolder_reads_is_read_and_the_rest_is_said(tmp_path, mon
     with pytest.raises(DataError, match=r"i\.tif has 32-bit float pixels, whose range vaerun "
                                         "cannot know: save it with 8 or 16 bits"):
         Images(Images.Config(root=str(scans), size=4, channels=1))
+
+
+def test_a_file_name_of_bytes_that_are_no_utf8_is_read_and_named(tmp_path, monkeypatch, caplog):
+    """A name from an old archive (Latin-1 `é`, the byte 0xe9) failed the run after its images
+    were listed: "UnicodeEncodeError: surrogates not allowed" as the cache key was made, and a
+    log line naming one was a logging error. Such an image is read; such a name is shown \\xe9."""
+    import logging
+
+    from vaerun.errors import DataError
+    from vaerun.images import Images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    photos = make_folder(tmp_path / "photos", n=6)
+    os.rename(photos / "img0.png", os.fsencode(photos) + b"/caf\xe9.png")
+    (photos / "img3.png").rename(os.fsdecode(os.fsencode(photos) + b"/\xe9t\xe9.gif"))
+    with caplog.at_level(logging.INFO, logger="vaerun"):
+        data = Images(Images.Config(root=str(photos), size=8, channels=3))
+    assert len(data.train) + len(data.test) == 5
+    assert "2 files, notes.txt, \\xe9t\\xe9.gif" in caplog.text
+    (photos / os.fsdecode(b"caf\xe9.png")).write_bytes(b"broken")
+    with pytest.raises(DataError, match=r"caf\\xe9\.png is no readable image"):
+        Images(Images.Config(root=str(photos), size=8, channels=3))

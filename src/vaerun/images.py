@@ -50,6 +50,12 @@ CACHE_VERSION = 3  # what a cached array is: bump it when decoding changes (2: 1
 #                   3: EXIF orientation)
 
 
+def shown(text: object) -> str:
+    """A file's name (or an error naming it) for a log line: bytes of it that are no UTF-8 (an
+    old archive's é) as \\xe9, which the log file and the terminal can take."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaerun" / "images"
 
@@ -125,7 +131,7 @@ class Images(Dataset):
                         folder).parts):  # hidden: a Mac's ._x.jpg, .ipynb_checkpoints/
                     (found if p.suffix.lower() in SUFFIXES else other).append(p)
             if other:  # a folder of GIFs, say, is not left out unsaid
-                names = ", ".join(str(p.relative_to(root)) for p in sorted(other)[:3])
+                names = ", ".join(shown(p.relative_to(root)) for p in sorted(other)[:3])
                 log.info("dataset: left out under %s, as no %s image: %d file%s, %s%s", folder,
                          KINDS, len(other), "s" * (len(other) > 1), names,
                          ", ..." if len(other) > 3 else "")
@@ -154,7 +160,7 @@ class Images(Dataset):
         if bad:
             for _, e in bad:
                 log.error("dataset: %s", e)
-            names = [str(p) for p, _ in bad]
+            names = [shown(p) for p, _ in bad]
             raise DataError(f"{len(bad)} files under {self.cfg.root} are no readable image: "
                             f"{', '.join(names[:5])}" + (f" and {len(bad) - 5} more (the lines "
                                                         "above name each)" if len(bad) > 5 else "")
@@ -169,7 +175,8 @@ class Images(Dataset):
         for p in files:
             poll()
             st = p.stat()
-            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # (a name
+            #                                          of bytes that are no UTF-8: as it is)
         path = cache_dir() / f"{self.name}-{split}-{h.hexdigest()[:24]}.npy"
         if path.exists():
             try:
@@ -231,7 +238,7 @@ class Images(Dataset):
             with Image.open(path) as img:
                 img = ImageOps.exif_transpose(img)  # a photo as viewers show it (EXIF Orientation)
                 if img.mode == "F":  # a float TIFF: 0 to 1, or 0 to 4095, ...?
-                    raise DataError(f"{path} has 32-bit float pixels, whose range vaerun cannot "
+                    raise DataError(f"{shown(path)} has 32-bit float pixels, whose range vaerun cannot "
                                     "know: save it with 8 or 16 bits")
                 if img.mode in WIDE:  # 16-bit grey: scaled to 8 bits (Pillow's convert clips)
                     img = Image.fromarray(np.rint(np.asarray(img, dtype=np.float64).clip(
@@ -240,8 +247,8 @@ class Images(Dataset):
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 (PIL's errors for a broken or foreign file)
-            raise DataError(f"{path} is no readable image ({type(e).__name__}: {e}); remove or "
-                            "replace it") from None
+            raise DataError(f"{shown(path)} is no readable image ({type(e).__name__}: "
+                            f"{shown(e)}); remove or replace it") from None
         img = F.center_crop(img, [c.crop or min(img.size)] * 2)
         img = F.resize(img, [c.size, c.size], antialias=True)
         return np.asarray(F.pil_to_tensor(img), dtype=np.uint8)
