@@ -559,10 +559,12 @@ def test_every_kind_imagefolder_reads_is_read_and_the_rest_is_said(tmp_path, mon
         Images(Images.Config(root=str(scans), size=4, channels=1))
 
 
-def test_a_file_name_of_bytes_that_are_no_utf8_is_read_and_named(tmp_path, monkeypatch, caplog):
+def test_a_file_name_of_bytes_that_are_no_utf8_is_read_and_named(tmp_path, monkeypatch, caplog,
+                                                                 vaerun, capsys):
     """A name from an old archive (Latin-1 `é`, the byte 0xe9) failed the run after its images
     were listed: "UnicodeEncodeError: surrogates not allowed" as the cache key was made, and a
-    log line naming one was a logging error. Such an image is read; such a name is shown \\xe9."""
+    log line naming one was a logging error. Such an image is read; such a name is shown \\xe9.
+    A folder of such a name, quoted, was a traceback: it is refused in one line."""
     import logging
 
     from vaerun.errors import DataError
@@ -576,6 +578,12 @@ def test_a_file_name_of_bytes_that_are_no_utf8_is_read_and_named(tmp_path, monke
         data = Images(Images.Config(root=str(photos), size=8, channels=3))
     assert len(data.train) + len(data.test) == 5
     assert "2 files, notes.txt, \\xe9t\\xe9.gif" in caplog.text
+    for quoted in ("", '"'):  # the folder itself: the run's yaml records could not hold it
+        folder = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
+        assert vaerun("train", "dataset=images", f"dataset.root={quoted}{folder}{quoted}") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: dataset.root=") and err.count("\n") == 1
+        assert "is not allowed: bytes that are no UTF-8" in err
     (photos / os.fsdecode(b"caf\xe9.png")).write_bytes(b"broken")
     with pytest.raises(DataError, match=r"caf\\xe9\.png is no readable image"):
         Images(Images.Config(root=str(photos), size=8, channels=3))

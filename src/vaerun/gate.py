@@ -178,6 +178,10 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
         if any(ord(c) < 32 or ord(c) == 127 for c in o):
             raise ConfigError(key, value, "a value with a control character (a newline?) is not "
                               "taken; write it on one line")
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in o):  # argv's bytes that are no UTF-8
+            raise ConfigError(key, value, "bytes that are no UTF-8 (an old archive's Latin-1?) "
+                              "cannot be recorded in the run's yaml; rename it, or give a link "
+                              "to it whose name is UTF-8")
         if digits := re.search(r"\d{31,}", o):
             raise ConfigError(key, f"<{len(digits.group())} digits>", "numbers are read up to "
                               "30 digits; write a large one as 1e40")
