@@ -584,6 +584,8 @@ def test_a_file_name_of_bytes_that_are_no_utf8_is_read_and_named(tmp_path, monke
         err = capsys.readouterr().err
         assert err.startswith("error: dataset.root=") and err.count("\n") == 1
         assert "is not allowed: bytes that are no UTF-8" in err
+    assert vaerun("train", "-cd", folder) == 2  # trained, then refused on resume: refused first
+    assert capsys.readouterr().err.startswith("error: --config-dir='")
     (photos / os.fsdecode(b"caf\xe9.png")).write_bytes(b"broken")
     with pytest.raises(DataError, match=r"caf\\xe9\.png is no readable image"):
         Images(Images.Config(root=str(photos), size=8, channels=3))

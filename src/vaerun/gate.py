@@ -122,6 +122,15 @@ def read_args(args: list[str]) -> tuple[dict[str, Any], list[str], list[str]]:
     return flags, words, overrides
 
 
+def utf8(key: str, value: str) -> None:
+    """No bytes that are no UTF-8 in a value (argv holds them as surrogates): the run's records
+    are UTF-8 yaml, so what holds them could not be recorded whole."""
+    if any(0xDC80 <= ord(c) <= 0xDCFF for c in value):
+        raise ConfigError(key, value, "bytes that are no UTF-8 (an old archive's Latin-1?) cannot "
+                          "be recorded in the run's yaml; rename it, or give a link to it whose "
+                          "name is UTF-8")
+
+
 def allow(key: str, value: Any) -> None:
     """Of Hydra's own keys, the user may set only YOURS (the launcher's, but not its targets;
     a search path of folders only: pkg:// and structured:// import a module)."""
@@ -178,10 +187,7 @@ def parse(overrides: list[str], multirun: bool, users: bool = True) -> list[Any]
         if any(ord(c) < 32 or ord(c) == 127 for c in o):
             raise ConfigError(key, value, "a value with a control character (a newline?) is not "
                               "taken; write it on one line")
-        if any(0xDC80 <= ord(c) <= 0xDCFF for c in o):  # argv's bytes that are no UTF-8
-            raise ConfigError(key, value, "bytes that are no UTF-8 (an old archive's Latin-1?) "
-                              "cannot be recorded in the run's yaml; rename it, or give a link "
-                              "to it whose name is UTF-8")
+        utf8(key, value)
         if digits := re.search(r"\d{31,}", o):
             raise ConfigError(key, f"<{len(digits.group())} digits>", "numbers are read up to "
                               "30 digits; write a large one as 1e40")
@@ -404,6 +410,7 @@ def plan(args: list[str], named: str | None = None, poll: Any = lambda: None) ->
                           if any(p.is_sweep_override() for p in parsed) else [])
     own = [p.input_line for p in parsed] + [  # job folders named by what the command varies
         f"{EXCLUDE}=[{','.join(hydra_quoted(k) for k in dict.fromkeys(keys))}]"]
+    utf8("--config-dir", flags.get("--config-dir", "."))
     cd = os.path.realpath(flags.get("--config-dir", "."))
     if not os.path.isdir(cd):
         raise UserError(f"--config-dir {cd} is not a directory")
