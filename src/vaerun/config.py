@@ -315,7 +315,7 @@ def typed(cfg: DictConfig) -> RunConfig:
                           ) from None
     plain.pop("hydra", None)
     plain.setdefault("scheduler", {"name": "none"})  # runs saved before schedules existed
-    for k in ("likelihood", "dataset", "model", "trainer", "eval"):  # deleted (~k): needed
+    for k in (*PARTS, "trainer", "eval"):  # deleted (~k): needed
         require(isinstance(plain.get(k), dict), k, plain.get(k), "vaerun's config needs it: "
                 + (f"choose an option, {k}=... (vaerun train --help lists them)" if k in PARTS
                    else f"set its keys, {k}.KEY=VALUE") + f", rather than delete it (~{k})")

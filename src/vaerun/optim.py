@@ -58,9 +58,9 @@ def optimizer_kwargs(spec: dict) -> dict[str, Any]:
         cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
     except (TypeError, ValueError, RuntimeError, IndexError) as e:  # IndexError: betas=[0.9]
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        key = next((k for k in reversed(kwargs) if re.search(rf"\b{k}\b|\b{k[:-1]}\b" if
-                    k.endswith("s") else rf"\b{k}\b", msg) or isinstance(e, IndexError) and
-                    isinstance(kwargs[k], list)), None)  # torch names it (betas: "beta")
+        key = next((k for k in reversed(kwargs) if re.search(rf"\b{k.removesuffix('s')}s?\b", msg)
+                    or isinstance(e, IndexError) and isinstance(kwargs[k], list)), None)  # torch
+        #                                        names the value it refuses (betas: "beta")
         if isinstance(e, IndexError) and key:
             msg = f"too few values; {cls.__name__}'s default is {params[key].default}"
         raise ConfigError(f"optimizer.{key}" if key else "optimizer",
