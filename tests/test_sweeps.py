@@ -177,6 +177,7 @@ def test_sweep_interrupted_then_resumed_finishes_every_run_once(tmp_path):
     assert "is already finished" in (first / "train.log").read_text()
 
 
+@pytest.mark.slow  # (CI time: 32 s of three processes and joblib's workers)
 def test_a_job_refused_in_a_worker_fails_the_command(tmp_path):
     """A joblib worker's job refused as it began (a resume of finished runs whose data are
     gone) recorded its error beside the status the runs had, `finished`, and the command read
